@@ -1,0 +1,69 @@
+"""pcclog_core: the sans-IO heart of pcclog.
+
+Bytes in, events and bytes out, time passed in. No sockets, threads, clocks
+or ``await`` in here: a runtime (``pcclog_server``, or your own) moves the
+bytes and sleeps until ``next_deadline()``.
+
+* ``Hub`` — sessions, history, subscriptions, fan-out, backpressure.
+* ``Client`` — one peer at the message level (JSON text in, frames out).
+* ``Connection`` — one TCP connection: HTTP, WebSocket handshake, frames,
+  keepalive, close codes; wraps a ``Client``.
+* ``Authenticator`` / ``Grant`` — static tokens and JWT.
+* ``DockerStreamDecoder`` and friends — the Docker log stream, decoded.
+"""
+
+from ._auth import ALL_ACCESS, Authenticator, AuthError, Grant, Role, parse_static_tokens
+from ._connection import (
+    Connection,
+    ConnectionClosed,
+    ConnectionState,
+    Event,
+    HTTPRequest,
+    WebSocketAccepted,
+)
+from ._errors import (
+    CloseCode,
+    ErrorCode,
+    LocalProtocolError,
+    MessageError,
+    PcclogError,
+    RemoteProtocolError,
+)
+from ._frames import text_frame
+from ._hub import Client, Counters, Hub, Session
+from ._limits import Limits
+from ._messages import decode_client_message, encode
+from ._timefmt import format_wall, normalize_timestamp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALL_ACCESS",
+    "AuthError",
+    "Authenticator",
+    "Client",
+    "CloseCode",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionState",
+    "Counters",
+    "ErrorCode",
+    "Event",
+    "Grant",
+    "HTTPRequest",
+    "Hub",
+    "Limits",
+    "LocalProtocolError",
+    "MessageError",
+    "PcclogError",
+    "RemoteProtocolError",
+    "Role",
+    "Session",
+    "WebSocketAccepted",
+    "decode_client_message",
+    "encode",
+    "format_wall",
+    "normalize_timestamp",
+    "parse_static_tokens",
+    "text_frame",
+]

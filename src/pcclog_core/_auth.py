@@ -1,0 +1,209 @@
+"""Authentication and authorization (SPEC §2 ``AUTH_*``).
+
+A token resolves to a ``Grant``: the roles it carries (``view``,
+``produce``), the fnmatch globs of the session ids it may touch, and when it
+expires. The connection keeps its grant and checks every subscribe and every
+producer message against it.
+
+* Static tokens (``AUTH_TOKENS``): ``TOKEN`` (every role, every session) or
+  ``TOKEN:ROLES:GLOB``. Compared in constant time: every configured token is
+  compared with ``hmac.compare_digest`` and none short-circuits, so timing
+  tells nothing about which prefix matched.
+* JWT (``AUTH_JWT_SECRET`` for HS256, ``AUTH_JWT_PUBLIC_KEY`` for RS256 and
+  ES256): PyJWT verifies the signature against a fixed algorithm list (so
+  ``alg=none`` and an HS256 token signed with the public key are refused);
+  ``exp`` is required. PyJWT's own clock checks are turned off and done here
+  against the ``wall`` time the runtime passes in: the core reads no clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import fnmatch
+import hmac
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import jwt
+
+__all__ = ["ALL_ACCESS", "AuthError", "Authenticator", "Grant", "Role", "parse_static_tokens"]
+
+
+class Role(enum.StrEnum):
+    VIEW = "view"
+    PRODUCE = "produce"
+
+
+class AuthError(Exception):
+    """The token was refused; the text says why, and never repeats the token."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Grant:
+    """What a connection may do.
+
+    ``expires`` is a wall-clock time (seconds since the epoch) or ``None``.
+    ``globs`` are fnmatch patterns over session ids; ``("*",)`` is every one.
+    """
+
+    roles: frozenset[Role]
+    globs: tuple[str, ...] = ("*",)
+    expires: float | None = None
+    subject: str = "token"
+    _pattern: re.Pattern[str] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        joined = "|".join(f"(?:{fnmatch.translate(g)})" for g in self.globs) or "(?!)"
+        object.__setattr__(self, "_pattern", re.compile(joined))
+
+    def can_view(self, session_id: str) -> bool:
+        return Role.VIEW in self.roles and self._pattern.match(session_id) is not None
+
+    def can_produce(self, session_id: str) -> bool:
+        return Role.PRODUCE in self.roles and self._pattern.match(session_id) is not None
+
+    def allows(self, session_id: str) -> bool:
+        return self._pattern.match(session_id) is not None
+
+
+ALL_ACCESS = Grant(roles=frozenset(Role), subject="anonymous")
+"""The grant of every connection when auth is disabled."""
+
+_ROLE_SETS = {
+    "view": frozenset({Role.VIEW}),
+    "produce": frozenset({Role.PRODUCE}),
+    "view+produce": frozenset(Role),
+    "produce+view": frozenset(Role),
+}
+
+
+def parse_static_tokens(spec: str) -> list[tuple[str, Grant]]:
+    """Parse ``AUTH_TOKENS``: comma-separated ``TOKEN`` or ``TOKEN:ROLES:GLOB``.
+
+    Raises ``ValueError`` naming the bad entry by position (never the token).
+    """
+    tokens: list[tuple[str, Grant]] = []
+    for index, item in enumerate(spec.split(","), start=1):
+        item = item.strip()
+        if not item:
+            continue
+        parts = item.split(":")
+        if len(parts) == 1:
+            grant = Grant(roles=frozenset(Role), subject=f"static#{index}")
+        elif len(parts) == 3:
+            _, roles, glob = parts
+            if roles not in _ROLE_SETS:
+                raise ValueError(
+                    f"entry {index}: roles must be view, produce or view+produce, not {roles!r}"
+                )
+            if not glob:
+                raise ValueError(f"entry {index}: the session glob is empty")
+            grant = Grant(roles=_ROLE_SETS[roles], globs=(glob,), subject=f"static#{index}")
+        else:
+            raise ValueError(f"entry {index}: expected TOKEN or TOKEN:ROLES:GLOB")
+        if not parts[0]:
+            raise ValueError(f"entry {index}: the token is empty")
+        tokens.append((parts[0], grant))
+    return tokens
+
+
+class Authenticator:
+    """Resolves tokens to grants. ``disabled=True`` grants everyone everything."""
+
+    def __init__(
+        self,
+        *,
+        static_tokens: Iterable[tuple[str, Grant]] = (),
+        jwt_secret: str | None = None,
+        jwt_public_key: str | None = None,
+        disabled: bool = False,
+        leeway: float = 0.0,
+    ) -> None:
+        self.disabled = disabled
+        self._static = [(t.encode(), g) for t, g in static_tokens]
+        self._leeway = leeway
+        self._jwt_key: Any = None
+        self._jwt_algorithms: list[str] = []
+        if jwt_secret:
+            self._jwt_key = jwt_secret
+            self._jwt_algorithms = ["HS256"]
+        elif jwt_public_key:
+            self._jwt_key = jwt_public_key
+            self._jwt_algorithms = ["RS256", "ES256"]
+
+    @property
+    def required(self) -> bool:
+        return not self.disabled
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._static or self._jwt_algorithms)
+
+    def authenticate(self, token: str, *, wall: float) -> Grant:
+        """The grant of ``token`` at wall-clock time ``wall``, or ``AuthError``."""
+        if self.disabled:
+            return ALL_ACCESS
+        if self._jwt_algorithms and token.count(".") == 2:
+            return self._authenticate_jwt(token, wall)
+        candidate = token.encode()
+        found: Grant | None = None
+        for secret, grant in self._static:
+            # No early exit: the time taken does not depend on which matched.
+            if hmac.compare_digest(candidate, secret) and found is None:
+                found = grant
+        if found is None:
+            raise AuthError("invalid token")
+        return found
+
+    def _authenticate_jwt(self, token: str, wall: float) -> Grant:
+        try:
+            claims = jwt.decode(
+                token,
+                self._jwt_key,
+                algorithms=self._jwt_algorithms,
+                options={
+                    "require": ["exp"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                },
+            )
+        except jwt.MissingRequiredClaimError:
+            raise AuthError("token has no exp claim") from None
+        except jwt.InvalidAlgorithmError:
+            raise AuthError("token algorithm is not allowed") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("token signature is invalid") from None
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"token is invalid ({type(exc).__name__})") from None
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise AuthError("token exp claim is not a number")
+        if exp + self._leeway <= wall:
+            raise AuthError("token has expired")
+        nbf = claims.get("nbf")
+        if nbf is not None:
+            if not isinstance(nbf, int | float) or isinstance(nbf, bool):
+                raise AuthError("token nbf claim is not a number")
+            if nbf - self._leeway > wall:
+                raise AuthError("token is not valid yet (nbf)")
+        roles_claim = claims.get("roles", ["view"])
+        sessions_claim = claims.get("sessions", ["*"])
+        if not isinstance(roles_claim, list) or not all(
+            r in ("view", "produce") for r in roles_claim
+        ):
+            raise AuthError("token roles claim must be a list of 'view' and 'produce'")
+        if not isinstance(sessions_claim, list) or not all(
+            isinstance(s, str) and s for s in sessions_claim
+        ):
+            raise AuthError("token sessions claim must be a list of session globs")
+        subject = claims.get("sub")
+        return Grant(
+            roles=frozenset(Role(r) for r in roles_claim),
+            globs=tuple(sessions_claim),
+            expires=float(exp),
+            subject=str(subject) if subject is not None else "jwt",
+        )

@@ -1,0 +1,628 @@
+"""One TCP connection: HTTP request, WebSocket handshake, frames, keepalive.
+
+Theory of operation
+-------------------
+
+A ``Connection`` starts in ``HANDSHAKE``: h11 parses the request head
+(bounded by ``max_head_bytes`` and ``max_headers``, complete within
+``open_timeout``). An upgrade request on any path (the seed's clients
+connect to ``ws://host:8080``) is validated per RFC 6455 §4.2.1, its
+``Origin`` checked against the allowlist (403 before any upgrade) and its
+token (``Authorization: Bearer`` or ``?token=``) resolved; on success the
+101 response is queued and the connection is ``OPEN``. Any other request
+surfaces as an ``HTTPRequest`` event for the runtime to answer
+(``send_response``), after which the connection closes (``Connection:
+close``: no keep-alive to keep state small).
+
+``OPEN``: wsproto's frame layer parses client frames (masking, UTF-8,
+control-frame rules, RFC 6455 §5); a size guard, hooked in as a wsproto
+extension, refuses a message whose announced frame lengths add up past
+``max_message_size`` before any of its payload is buffered (1009). Complete
+text messages go to the ``Client``. Pings are answered and peer closes
+echoed by this object itself; the runtime never composes a frame.
+
+Server frames for data bypass wsproto: they are the pre-encoded frames of
+the hub (see ``_frames``). Control frames are appended to the same outbound
+list, so order on the wire is the order of queuing.
+
+Keepalive is a two-state machine, ``IDLE -> AWAITING_PONG -> IDLE``: a ping
+every ``ping_interval``; no matching pong within ``ping_timeout`` closes with
+1011, as the seed's ``ws`` server does.
+
+``CLOSING``: our close frame is queued; we wait for the echo up to
+``ping_timeout``. ``CLOSED``: the runtime flushes ``data_to_send()`` and
+closes the socket. The state moves only along ``_TRANSITIONS``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import enum
+from collections.abc import Sequence
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+from wsproto.connection import Connection as _WSConnection
+from wsproto.connection import ConnectionState as _WSState
+from wsproto.connection import ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+from wsproto.utilities import generate_accept_token
+
+from ._auth import AuthError, Grant
+from ._errors import CloseCode, ErrorCode, LocalProtocolError
+from ._hub import Client, Hub
+
+__all__ = [
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionState",
+    "Event",
+    "HTTPRequest",
+    "WebSocketAccepted",
+]
+
+
+class ConnectionState(enum.Enum):
+    HANDSHAKE = "handshake"
+    HTTP_RESPONSE = "http_response"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _Input(enum.Enum):
+    REQUEST = "request"  # a plain HTTP request arrived
+    UPGRADED = "upgraded"
+    RESPONDED = "responded"
+    CLOSE_SENT = "close_sent"
+    CLOSE_RECEIVED = "close_received"
+    ABORT = "abort"  # EOF, protocol error, timeout, runtime abort
+
+
+_S = ConnectionState
+_TRANSITIONS: dict[tuple[ConnectionState, _Input], ConnectionState] = {
+    (_S.HANDSHAKE, _Input.REQUEST): _S.HTTP_RESPONSE,
+    (_S.HANDSHAKE, _Input.UPGRADED): _S.OPEN,
+    (_S.HANDSHAKE, _Input.RESPONDED): _S.CLOSED,  # handshake refused (4xx)
+    (_S.HANDSHAKE, _Input.ABORT): _S.CLOSED,
+    (_S.HTTP_RESPONSE, _Input.RESPONDED): _S.CLOSED,
+    (_S.HTTP_RESPONSE, _Input.ABORT): _S.CLOSED,
+    (_S.OPEN, _Input.CLOSE_SENT): _S.CLOSING,
+    (_S.OPEN, _Input.CLOSE_RECEIVED): _S.CLOSED,  # echoed at once
+    (_S.OPEN, _Input.ABORT): _S.CLOSED,
+    (_S.CLOSING, _Input.CLOSE_RECEIVED): _S.CLOSED,
+    (_S.CLOSING, _Input.CLOSE_SENT): _S.CLOSING,
+    (_S.CLOSING, _Input.ABORT): _S.CLOSED,
+    (_S.CLOSED, _Input.ABORT): _S.CLOSED,
+    (_S.CLOSED, _Input.CLOSE_RECEIVED): _S.CLOSED,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HTTPRequest:
+    """A plain HTTP request; answer it with ``Connection.send_response``."""
+
+    method: str
+    target: str
+    path: str
+    query: dict[str, list[str]]
+    headers: tuple[tuple[str, str], ...]
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WebSocketAccepted:
+    path: str
+    authenticated: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionClosed:
+    code: int
+    reason: str
+    by_peer: bool
+
+
+Event = HTTPRequest | WebSocketAccepted | ConnectionClosed
+
+
+class _SizeGuard(Extension):
+    """Refuses a message as soon as its frames' announced lengths pass the
+    limit: wsproto hands each frame header here before reading a payload
+    byte (RFC 6455 §10.4: "implementations SHOULD impose a limit")."""
+
+    name = "pcclog-size-guard"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self.exceeded = False
+
+    def enabled(self) -> bool:
+        return True
+
+    def offer(self) -> bool:
+        return False
+
+    def frame_inbound_header(
+        self,
+        proto: FrameDecoder | FrameProtocol,
+        opcode: Opcode,
+        rsv: RsvBits,
+        payload_length: int,
+    ) -> CloseReason | RsvBits:
+        if not opcode.iscontrol():
+            if opcode is not Opcode.CONTINUATION:
+                self.total = 0
+            self.total += payload_length
+            if self.total > self.limit:
+                self.exceeded = True
+                return CloseReason.MESSAGE_TOO_BIG
+        return RsvBits(False, False, False)
+
+
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class Connection:
+    """See the module docstring. Drive it with ``receive_data``,
+    ``handle_timeout``, ``data_to_send``, ``next_event`` and
+    ``next_deadline``; ``now`` is monotonic seconds, ``wall`` epoch seconds."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        now: float,
+        allowed_origins: Sequence[str] | None = None,
+    ) -> None:
+        self.hub = hub
+        limits = hub.limits
+        self.state = ConnectionState.HANDSHAKE
+        self.client: Client | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._allowed_origins = frozenset(allowed_origins) if allowed_origins else None
+        self._h11: h11.Connection | None = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=limits.max_head_bytes
+        )
+        self._ws: _WSConnection | None = None
+        self._guard: _SizeGuard | None = None
+        self._out: list[bytes] = []  # before the upgrade, and after the client is gone
+        self._events: list[Event] = []
+        self._parts: list[str] = []
+        self._binary = False
+        self._deadline: float | None = now + limits.open_timeout
+        self._ping_at: float | None = None
+        self._pong_deadline: float | None = None
+        self._ping_payload = b""
+        self._pings = 0
+        self._closed_reported = False
+
+    # --- runtime API ----------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """The runtime closes the socket once this is true and
+        ``data_to_send()`` is empty."""
+        return self.state is ConnectionState.CLOSED
+
+    def receive_data(self, data: bytes, *, now: float, wall: float) -> None:
+        """Feed bytes from the socket; ``b""`` means EOF."""
+        state = self.state
+        if state is ConnectionState.HANDSHAKE:
+            self._receive_handshake(data, now, wall)
+        elif state is ConnectionState.OPEN or state is ConnectionState.CLOSING:
+            self._receive_frames(data, now, wall)
+        elif state is ConnectionState.HTTP_RESPONSE:
+            if not data:
+                self._abort("peer closed before the response", by_peer=True)
+        # CLOSED: the bytes are dropped.
+
+    def handle_timeout(self, *, now: float, wall: float) -> None:
+        state = self.state
+        if state is ConnectionState.HANDSHAKE or state is ConnectionState.HTTP_RESPONSE:
+            if self._deadline is not None and now >= self._deadline:
+                self._abort("request not complete within the open timeout", by_peer=False)
+            return
+        if state is ConnectionState.CLOSING:
+            if self._deadline is not None and now >= self._deadline:
+                self._abort("no close frame from peer", by_peer=False)
+            return
+        if state is not ConnectionState.OPEN:
+            return
+        client = self.client
+        assert client is not None
+        client.handle_timeout(now)
+        if client.close_request is not None:
+            self._send_close(*client.close_request, now=now)
+            return
+        if self._pong_deadline is not None:
+            if now >= self._pong_deadline:
+                self.hub.counters.ping_timeouts += 1
+                self._send_close(
+                    CloseCode.INTERNAL_ERROR, "keepalive ping timeout", now=now, wait=False
+                )
+        elif self._ping_at is not None and now >= self._ping_at:
+            self._pings += 1
+            self._ping_payload = str(self._pings).encode()
+            assert self._ws is not None
+            client.queue_frame(self._ws.send(Ping(payload=self._ping_payload)))
+            self._pong_deadline = now + self.hub.limits.ping_timeout
+            self._ping_at = None
+
+    def next_deadline(self) -> float | None:
+        state = self.state
+        if state is ConnectionState.OPEN:
+            assert self.client is not None
+            candidates = [self._pong_deadline or self._ping_at, self.client.next_deadline()]
+            present = [d for d in candidates if d is not None]
+            return min(present) if present else None
+        if state is ConnectionState.CLOSED:
+            return None
+        return self._deadline
+
+    def data_to_send(self) -> bytes:
+        """Everything to write now, as one buffer."""
+        client = self.client
+        if client is not None:
+            if client.close_request is not None and self.state is ConnectionState.OPEN:
+                self._send_close(*client.close_request, now=None)
+            data = client.data_to_send()
+            if self._out:
+                data += b"".join(self._out)
+                self._out.clear()
+            return data
+        if not self._out:
+            return b""
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
+
+    def next_event(self) -> Event | None:
+        """Lifecycle events for the runtime (requests to answer, opens, closes)."""
+        return self._events.pop(0) if self._events else None
+
+    def send_response(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
+        """Answer the ``HTTPRequest`` event; the connection then closes."""
+        if self.state is not ConnectionState.HTTP_RESPONSE:
+            raise LocalProtocolError(f"no request to answer in state {self.state.name}")
+        self._respond(status, headers, body)
+
+    def close(
+        self,
+        code: CloseCode = CloseCode.GOING_AWAY,
+        reason: str = "server shutting down",
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Close from our side: a close frame once open, else just close."""
+        if self.state is ConnectionState.OPEN:
+            assert self.client is not None
+            self.client.close(code, reason)
+            self._send_close(code, reason, now=now)
+        elif self.state is not ConnectionState.CLOSING:
+            self._abort(reason, by_peer=False)
+
+    def abort(self, reason: str = "connection lost") -> None:
+        """The transport is gone (reset, EOF without close, write error)."""
+        self._abort(reason, by_peer=True)
+
+    # --- handshake ------------------------------------------------------------
+
+    def _receive_handshake(self, data: bytes, now: float, wall: float) -> None:
+        conn = self._h11
+        assert conn is not None
+        if not data:
+            self._abort("peer closed during the request", by_peer=True)
+            return
+        conn.receive_data(data)
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint if exc.error_status_hint in _REASONS else 400
+            self._refuse(status, f"malformed request: {exc}")
+            return
+        if event is h11.NEED_DATA:
+            return
+        if not isinstance(event, h11.Request):
+            self._refuse(400, "malformed request")
+            return
+        if len(event.headers) > self.hub.limits.max_headers:
+            self._refuse(431, f"more than {self.hub.limits.max_headers} header fields")
+            return
+        headers = tuple(
+            (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers
+        )
+        target = event.target.decode("latin-1")
+        split = urlsplit(target)
+        query = parse_qs(split.query)
+        method = event.method.decode("latin-1")
+        upgrade = _header(headers, "upgrade")
+        if upgrade is not None and "websocket" in upgrade.lower():
+            self._upgrade(method, split.path or "/", query, headers, conn, now, wall)
+            return
+        self._transition(_Input.REQUEST)
+        self._events.append(
+            HTTPRequest(
+                method=method, target=target, path=split.path or "/", query=query, headers=headers
+            )
+        )
+
+    def _upgrade(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        headers: tuple[tuple[str, str], ...],
+        conn: h11.Connection,
+        now: float,
+        wall: float,
+    ) -> None:
+        # RFC 6455 §4.2.1: what a server must check in the opening handshake.
+        if method != "GET":
+            self._refuse(405, "a WebSocket upgrade must use GET")
+            return
+        connection_tokens = [
+            t.strip().lower() for t in (_header(headers, "connection") or "").split(",")
+        ]
+        if "upgrade" not in connection_tokens:
+            self._refuse(400, "missing 'Connection: Upgrade'")
+            return
+        if _header(headers, "sec-websocket-version") != "13":
+            self._refuse(
+                426,
+                "unsupported WebSocket version (only 13)",
+                extra=[("Sec-WebSocket-Version", "13")],
+            )
+            return
+        key = _header(headers, "sec-websocket-key")
+        try:
+            valid_key = key is not None and len(base64.b64decode(key, validate=True)) == 16
+        except (binascii.Error, ValueError):
+            valid_key = False
+        if not valid_key or key is None:
+            self._refuse(400, "missing or invalid Sec-WebSocket-Key")
+            return
+        origin = _header(headers, "origin")
+        if (
+            self._allowed_origins is not None
+            and origin is not None
+            and (origin not in self._allowed_origins)
+        ):
+            self._refuse(403, "origin not allowed")
+            return
+        token = None
+        authorization = _header(headers, "authorization")
+        if authorization is not None and authorization[:7].lower() == "bearer ":
+            token = authorization[7:].strip()
+        elif query.get("token"):
+            token = query["token"][0]
+        grant: Grant | None = None
+        if token is not None and self.hub.authenticator.required:
+            try:
+                grant = self.hub.authenticator.authenticate(token, wall=wall)
+            except AuthError as exc:
+                self.hub.counters.auth_failures += 1
+                self._refuse(401, f"authentication failed: {exc}")
+                return
+        container = query.get("containerID") or query.get("containerId")
+        accept = generate_accept_token(key.encode("ascii")).decode("ascii")
+        response = h11.InformationalResponse(
+            status_code=101,
+            headers=[
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Accept", accept),
+            ],
+        )
+        self._out.append(conn.send(response) or b"")
+        trailing, _ = conn.trailing_data
+        self._h11 = None
+        self._guard = _SizeGuard(self.hub.limits.max_message_size)
+        self._ws = _WSConnection(ConnectionType.SERVER, extensions=[self._guard])
+        self.client = Client(
+            self.hub,
+            now=now,
+            wall=wall,
+            grant=grant,
+            framed=True,
+            default_session=container[0] if container else None,
+        )
+        self.client.owner = self
+        # The 101 goes out before anything the client queues.
+        self.client.queue_frame(b"".join(self._out))
+        self._out.clear()
+        self._transition(_Input.UPGRADED)
+        limits = self.hub.limits
+        self._deadline = None
+        self._ping_at = now + limits.ping_interval if limits.ping_interval > 0 else None
+        self._events.append(
+            WebSocketAccepted(path=path, authenticated=self.client.grant is not None)
+        )
+        if trailing:
+            self._receive_frames(bytes(trailing), now, wall)
+
+    def _refuse(self, status: int, text: str, extra: Sequence[tuple[str, str]] = ()) -> None:
+        self.close_code = status
+        self.close_reason = text
+        self._respond(status, extra, (text + "\n").encode())
+
+    def _respond(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
+        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}"]
+        names = set()
+        for name, value in headers:
+            names.add(name.lower())
+            head.append(f"{name}: {value}")
+        if "content-type" not in names:
+            head.append("Content-Type: text/plain; charset=utf-8")
+        head.append(f"Content-Length: {len(body)}")
+        head.append("Connection: close")
+        self._out.append(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        self._h11 = None
+        self._transition(_Input.RESPONDED)
+        self._report_closed(status, "", by_peer=False)
+
+    # --- frames ---------------------------------------------------------------
+
+    def _receive_frames(self, data: bytes, now: float, wall: float) -> None:
+        ws = self._ws
+        client = self.client
+        assert ws is not None and client is not None
+        if not data:
+            if self.state is not ConnectionState.CLOSED:
+                self._abort("connection closed without a close frame", by_peer=True)
+            return
+        if ws.state is _WSState.CLOSED:
+            return
+        ws.receive_data(data)
+        for event in ws.events():
+            if type(event) is TextMessage:
+                if self.state is not ConnectionState.OPEN:
+                    continue
+                if event.message_finished and not self._parts:
+                    client.receive_message(event.data, now=now, wall=wall)
+                else:
+                    self._parts.append(event.data)
+                    if event.message_finished:
+                        text = "".join(self._parts)
+                        self._parts.clear()
+                        client.receive_message(text, now=now, wall=wall)
+                if client.close_request is not None:
+                    self._send_close(*client.close_request, now=now)
+            elif type(event) is Ping:
+                if ws.state is _WSState.OPEN:
+                    client.queue_frame(ws.send(event.response()))
+            elif type(event) is Pong:
+                if self._pong_deadline is not None and event.payload == self._ping_payload:
+                    self._pong_deadline = None
+                    self._ping_at = now + self.hub.limits.ping_interval
+            elif type(event) is CloseConnection:
+                self._on_close_event(event, now)
+                return
+            elif type(event) is BytesMessage:
+                if event.message_finished and self.state is ConnectionState.OPEN:
+                    client.receive_binary(now=now)
+                    if client.close_request is not None:
+                        self._send_close(*client.close_request, now=now)
+
+    def _on_close_event(self, event: CloseConnection, now: float) -> None:
+        ws = self._ws
+        client = self.client
+        assert ws is not None and client is not None
+        if ws.state is _WSState.REMOTE_CLOSING:
+            # The peer closed: echo its code (RFC 6455 §5.5.1) and finish.
+            client.close(CloseCode.NORMAL, "peer closed")
+            client.queue_frame(ws.send(event.response()))
+            self.close_code = event.code
+            self.close_reason = event.reason or ""
+            self._transition(_Input.CLOSE_RECEIVED)
+            self._finish(by_peer=True)
+        elif ws.state is _WSState.CLOSED:
+            # The echo of our own close.
+            self._transition(_Input.CLOSE_RECEIVED)
+            self._finish(by_peer=False)
+        else:
+            # A protocol error found by wsproto (it stays OPEN): close with
+            # its code, or 1009 when the size guard tripped.
+            code = int(event.code)
+            reason = event.reason or "protocol error"
+            if self._guard is not None and self._guard.exceeded:
+                limit = self.hub.limits.max_message_size
+                client.send_error(
+                    ErrorCode.MESSAGE_TOO_LARGE,
+                    f"message exceeds MAX_MESSAGE_SIZE ({limit} bytes)",
+                    now=now,
+                )
+                code = CloseCode.MESSAGE_TOO_BIG
+                reason = f"message exceeds {limit} bytes"
+            self._send_close(
+                CloseCode(code) if code in _CLOSE_CODES else CloseCode.PROTOCOL_ERROR,
+                reason,
+                now=now,
+                wait=False,
+            )
+
+    def _send_close(
+        self, code: CloseCode, reason: str, *, now: float | None, wait: bool = True
+    ) -> None:
+        ws = self._ws
+        client = self.client
+        if ws is None or client is None or self.state is not ConnectionState.OPEN:
+            return
+        client.close(code, reason)
+        self.close_code = int(code)
+        self.close_reason = reason
+        if ws.state is _WSState.OPEN:
+            self._out.append(ws.send(CloseConnection(code=int(code), reason=reason[:120])))
+        self._transition(_Input.CLOSE_SENT)
+        if wait and now is not None:
+            self._deadline = now + max(self.hub.limits.ping_timeout, 1.0)
+        else:
+            self._transition(_Input.ABORT)
+            self._finish(by_peer=False)
+
+    # --- endings --------------------------------------------------------------
+
+    def _abort(self, reason: str, *, by_peer: bool) -> None:
+        if self.close_code is None:
+            self.close_code = 1006
+            self.close_reason = reason
+        self._transition(_Input.ABORT)
+        self._finish(by_peer=by_peer)
+
+    def _finish(self, *, by_peer: bool) -> None:
+        """Now CLOSED: release everything the connection held in the hub."""
+        self._h11 = None
+        self._parts.clear()
+        if self.client is not None:
+            # Pending frames (the close echo) are kept for one last write.
+            pending = self.client.data_to_send()
+            self.client.disconnect()
+            if pending:
+                self._out.insert(0, pending)
+        self._report_closed(self.close_code or 1006, self.close_reason, by_peer=by_peer)
+
+    def _report_closed(self, code: int, reason: str, *, by_peer: bool) -> None:
+        if not self._closed_reported:
+            self._closed_reported = True
+            self._events.append(ConnectionClosed(code=code, reason=reason, by_peer=by_peer))
+
+    def _transition(self, event: _Input) -> None:
+        try:
+            self.state = _TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise LocalProtocolError(
+                f"can't handle {event.name} in state {self.state.name}"
+            ) from None
+
+
+_CLOSE_CODES = frozenset(int(c) for c in CloseCode)
+
+
+def _header(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None

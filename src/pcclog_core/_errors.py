@@ -1,0 +1,87 @@
+"""Typed errors, error codes and close codes.
+
+Everything a remote peer can cause surfaces as one of these, never as a
+crash. Each error carries the hint a runtime needs to answer it: an
+``ErrorCode`` for an ``error`` reply (the connection stays open) or a
+``CloseCode`` for a WebSocket close (SPEC §3, "Close codes").
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "CloseCode",
+    "ErrorCode",
+    "LocalProtocolError",
+    "MessageError",
+    "PcclogError",
+    "RemoteProtocolError",
+]
+
+
+class ErrorCode(enum.StrEnum):
+    """The ``code`` of an ``error`` message (seed codes first)."""
+
+    UNAUTHORIZED = "UNAUTHORIZED"
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
+    TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"
+    TOO_MANY_SESSIONS = "TOO_MANY_SESSIONS"
+    RATE_LIMITED = "RATE_LIMITED"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes pcclog sends (RFC 6455 §7.4.1)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003  # binary frame
+    INVALID_DATA = 1007  # invalid UTF-8
+    POLICY_VIOLATION = 1008  # auth deadline, token expired, repeated abuse
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011  # keepalive timeout (as the seed's `ws` server does)
+    TRY_AGAIN_LATER = 1013  # slow consumer under the `disconnect` policy
+
+
+class PcclogError(Exception):
+    """Base class of every error pcclog_core raises."""
+
+
+class MessageError(PcclogError):
+    """A client message was rejected; answer with an ``error`` and go on.
+
+    ``message`` is the exact text sent to the client: it says what was wrong
+    (the JSON path and the expected type for a schema error).
+    """
+
+    def __init__(self, code: ErrorCode, message: str, *, session_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.session_id = session_id
+
+
+class RemoteProtocolError(PcclogError):
+    """The peer broke the protocol; the connection closes with ``close_code``.
+
+    For an HTTP request that never became a WebSocket, ``http_status`` is the
+    status of the response (400, 403, 431…).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        close_code: CloseCode = CloseCode.PROTOCOL_ERROR,
+        http_status: int = 400,
+    ) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.http_status = http_status
+
+
+class LocalProtocolError(PcclogError):
+    """The caller (the runtime) used the core wrongly: a bug, not input."""

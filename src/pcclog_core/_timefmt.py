@@ -1,0 +1,43 @@
+"""Timestamps on the wire: ISO 8601 UTC with milliseconds and ``Z`` (seed).
+
+These only convert; the time itself is always passed in by the runtime.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+__all__ = ["format_wall", "normalize_timestamp"]
+
+_CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def format_wall(wall: float) -> str:
+    """``1706276730.1234`` → ``"2024-01-26T13:45:30.123Z"``."""
+    global _second_cache
+    whole = int(wall)
+    millis = int((wall - whole) * 1000)
+    cached_second, prefix = _second_cache
+    if cached_second != whole:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second_cache = (whole, prefix)
+    return f"{prefix}.{millis:03d}Z"
+
+
+def normalize_timestamp(value: str) -> str:
+    """A client's ISO 8601 timestamp in pcclog's canonical form.
+
+    Raises ``ValueError`` with a readable text when ``value`` is not one.
+    """
+    if _CANONICAL.match(value):
+        return value
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"timestamp {value[:40]!r} is not an ISO 8601 date-time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return format_wall(parsed.timestamp())
