@@ -431,6 +431,7 @@ class Connection:
         accept = generate_accept_token(key.encode("ascii")).decode("ascii")
         response = h11.InformationalResponse(
             status_code=101,
+            reason=b"Switching Protocols",
             headers=[
                 ("Upgrade", "websocket"),
                 ("Connection", "Upgrade"),

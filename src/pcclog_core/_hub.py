@@ -617,7 +617,7 @@ class Client:
         self.hub.publish_log(
             session_id,
             level=message.level or "info",
-            message=message.message,
+            message=message.message or "",
             timestamp=timestamp,
             data=None if data is msgspec.UNSET or bytes(data) == b"null" else data,
             now=now,

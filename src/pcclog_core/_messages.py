@@ -97,7 +97,9 @@ class Log(_Message, tag="log", frozen=True, kw_only=True):
     sessionId: SessionId
     timestamp: str | None = None
     level: Level | None = None
-    message: str = ""
+    # UNSET, not "": ``omit_defaults`` would drop an empty message from the
+    # entry viewers receive, and the seed's ``log`` always carries one.
+    message: str | msgspec.UnsetType = msgspec.UNSET
     data: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     seq: int | None = None
 
@@ -230,6 +232,17 @@ def decode_client_message(text: str | bytes) -> ClientMessage:
         raise MessageError(ErrorCode.INVALID_MESSAGE, _explain(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise MessageError(ErrorCode.INVALID_MESSAGE, f"invalid JSON: {exc}") from None
+    except UnicodeError:
+        # msgspec raises this for a ``str`` with a lone surrogate or bytes
+        # with invalid UTF-8 inside a string (only an embedder can pass
+        # either: WebSocket text is checked UTF-8 by the frame layer).
+        raise MessageError(
+            ErrorCode.INVALID_MESSAGE, "invalid JSON: text is not valid UTF-8"
+        ) from None
+    except RecursionError:
+        # msgspec's nesting guard: ``[[[[...`` deeper than the interpreter's
+        # recursion limit (a 64 KiB message can nest 32,768 deep).
+        raise MessageError(ErrorCode.INVALID_MESSAGE, "invalid JSON: nested too deeply") from None
     if type(message) is Log and message.data is not msgspec.UNSET:
         _check_object(message.data, "$.data")
     elif type(message) is WrapperLog and message.data.metadata is not msgspec.UNSET:

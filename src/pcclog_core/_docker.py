@@ -1,0 +1,1016 @@
+"""Sans-IO decoding of the Docker Engine's container log stream (SPEC §4).
+
+Theory of operation
+===================
+
+The runtime opens ``GET /containers/{id}/logs?follow=1&stdout=1&stderr=1&timestamps=1``
+and hands every chunk of the response body to :meth:`DockerStreamDecoder.receive_data`;
+``receive_data(b"")`` is EOF. Whole lines come out of :meth:`DockerStreamDecoder.lines`.
+Nothing here reads a socket or a clock.
+
+What the engine sends (moby ``api/server/httputils/write_log_stream.go``,
+``WriteLogStream``; ``pkg/stdcopy``; ``daemon/logger/copier.go``):
+
+* Every log *record* is written with one ``Write``. With ``timestamps=1`` it is
+  ``<RFC3339NanoFixed timestamp> SP <bytes>``; the timestamp is
+  ``time.Format("2006-01-02T15:04:05.000000000Z07:00")``, UTC, so in practice
+  ``2024-01-26T13:45:30.123456789Z`` (we accept any RFC 3339 form: 0-9 fraction
+  digits, ``Z`` or ``±hh:mm``).
+* Without a TTY the body is multiplexed by ``stdcopy.StdWriter``: each ``Write``
+  becomes ONE frame, an 8-byte header ``[type, 0, 0, 0, len32be]`` then ``len``
+  payload bytes. ``type`` is 0 stdin, 1 stdout, 2 stderr, 3 *Systemerr* (the
+  engine's own in-band error, ``"Error grabbing logs: ...\\n"``, after which it
+  goes on streaming). ``stdcopy.StdCopy`` demultiplexes stdin onto stdout, and
+  so do we. With a TTY there is no header and everything is stdout (the engine
+  then writes its in-band errors, without a timestamp, into the same stream).
+* The logging copier cuts the container's output at ``\\n`` and, when 16 KiB
+  (``defaultBufSize``) arrive without one, logs those bytes as a *partial*
+  record. A record that ends in ``\\n`` completes a line; one that does not is
+  continued by the next record of the same stream, which carries its own
+  timestamp prefix (since moby 18.06 the same value as the first piece's,
+  older engines stamped each piece). The last bytes a container writes before
+  closing its stdout are also logged as a partial record without ``\\n``.
+
+Per stream, the decoder runs this small state machine over the stream's bytes
+(one :class:`_Assembler` per stream; frames only tell it where a record ends):
+
+====================  ==============================================  ==========
+state                 input                                           next state
+====================  ==============================================  ==========
+START                 ``timestamp SP``                                CONTENT
+START                 anything else (TTY: ``Error ...`` line)         error (TTY: DAEMON)
+CONTENT               bytes up to ``\\n``: the line is complete         START
+CONTENT               frame ends without ``\\n`` (TTY: 16 KiB piece)    SEAM
+SEAM                  ``timestamp SP``: continuation, stamp dropped   CONTENT
+SEAM                  anything else: the frame split inside a record  CONTENT
+DAEMON                bytes up to ``\\n``: reported by daemon_errors()  START
+====================  ==============================================  ==========
+
+A TTY stream has no frames, so the end of a 16 KiB piece is recognised by
+position: after ``tty_piece_bytes`` bytes of content without ``\\n`` the decoder
+looks for a timestamp (SEAM). An engine whose log driver uses another buffer
+size leaves that timestamp inside the line text; nothing is lost.
+
+Limits: a line keeps its first ``max_line_bytes`` bytes; the rest is counted
+and dropped as it arrives, so a stream never buffers more than
+``max_line_bytes`` plus one timestamp (35 bytes), and the decoder one 8-byte
+header besides. Everything a malformed body can cause is a
+:class:`DockerStreamError`.
+
+The module also holds :func:`classify_line` (a line → level/message/data, SPEC
+§4) and :class:`ResumeFilter`, the bookkeeping that lets the runtime re-attach
+with ``since=`` without duplicates; its docstring says exactly what it
+guarantees.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Final, Literal
+
+import msgspec
+
+__all__ = [
+    "ClassifiedLine",
+    "DockerLine",
+    "DockerStreamDecoder",
+    "DockerStreamError",
+    "ResumeFilter",
+    "ResumePoint",
+    "StreamMark",
+    "classify_line",
+    "iso_millis",
+    "parse_rfc3339_ns",
+]
+
+Stream = Literal["stdout", "stderr"]
+
+_NS_PER_S: Final = 1_000_000_000
+
+# ---------------------------------------------------------------------------
+# Errors and events
+# ---------------------------------------------------------------------------
+
+
+class DockerStreamError(ValueError):
+    """The log body broke the Engine API framing; the decoder cannot go on.
+
+    Raised by :meth:`DockerStreamDecoder.receive_data` for: a multiplexed
+    header whose stream type is not 0-3 or whose three padding bytes are not
+    zero (a TTY body decoded with ``tty=False`` shows up this way: its first
+    byte is the ``"2"`` of a timestamp), a record that does not begin with an
+    RFC 3339 timestamp (the request must carry ``timestamps=1``), and data
+    after EOF. Once raised, every later ``receive_data`` raises again; lines
+    completed before the error are still returned by ``lines()``. The runtime
+    drops the connection and re-attaches (see :class:`ResumeFilter`).
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DockerLine:
+    """One whole log line of a container.
+
+    ``timestamp`` is the engine's own string (of the line's first piece when
+    the engine split the line), ``timestamp_ns`` the same instant in
+    nanoseconds since the Unix epoch, exact. ``text`` has no trailing
+    ``\\n``/``\\r\\n``; when the line was longer than the decoder's
+    ``max_line_bytes`` it was cut, ``truncated`` is true and ``text`` ends in
+    ``" …[truncated N bytes]"``.
+    """
+
+    stream: Stream
+    timestamp: str
+    timestamp_ns: int
+    text: str
+    truncated: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stream != "stdout" and self.stream != "stderr":
+            raise ValueError(f"stream must be 'stdout' or 'stderr', not {self.stream!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClassifiedLine:
+    """A :class:`DockerLine` as pcclog's ``log`` message fields (SPEC §4)."""
+
+    level: str
+    message: str
+    data: dict[str, object]
+    timestamp: str
+
+
+# ---------------------------------------------------------------------------
+# RFC 3339 timestamps
+# ---------------------------------------------------------------------------
+
+# RFC 3339 §5.6 date-time, as the engine writes it followed by the one space
+# that separates it from the log bytes. §5.6 NOTE allows lower-case t and z.
+# The fraction has 0-9 digits: Go's RFC3339Nano drops trailing zeros, the
+# engine's RFC3339NanoFixed keeps all nine.
+_TS_SP_RE: Final = re.compile(
+    rb"(\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d)(?:\.(\d{0,9}))?([Zz]|[+-]\d\d:\d\d) "
+)
+_TS_STR_RE: Final = re.compile(
+    r"(\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d)(?:\.(\d{0,9}))?([Zz]|[+-]\d\d:\d\d)", re.ASCII
+)
+# Longest timestamp: 19 (date-time) + 10 (.fraction) + 6 (±hh:mm) = 35 bytes.
+# A record whose first 36 bytes hold no space does not start with one.
+_TS_WINDOW: Final = 36
+_TS_ALPHABET: Final = b"0123456789-:.+TtZz"
+
+_DAYS_IN_MONTH: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _civil_from_days(z: int) -> tuple[int, int, int]:
+    """Inverse of :func:`_days_from_civil`."""
+    z += 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (m <= 2), m, d
+
+
+def _local_seconds(dt: str | bytes) -> int:
+    """``YYYY-MM-DDTHH:MM:SS`` (19 chars) → seconds since the epoch, zone not applied."""
+    y, mo, d = int(dt[0:4]), int(dt[5:7]), int(dt[8:10])
+    h, mi, s = int(dt[11:13]), int(dt[14:16]), int(dt[17:19])
+    if not 1 <= mo <= 12:
+        raise ValueError("month out of range")
+    leap = mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if not 1 <= d <= _DAYS_IN_MONTH[mo] + leap:
+        raise ValueError("day out of range")
+    # RFC 3339 §5.7 allows second 60 (a leap second); it counts as :00 of the
+    # next minute, as POSIX time has no leap seconds.
+    if h > 23 or mi > 59 or s > 60:
+        raise ValueError("time of day out of range")
+    return _days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s
+
+
+def _offset_seconds(zone: str | bytes) -> int:
+    if len(zone) == 1:  # Z or z
+        return 0
+    hh, mm = int(zone[1:3]), int(zone[4:6])
+    if hh > 23 or mm > 59:
+        raise ValueError("zone offset out of range")
+    seconds = hh * 3600 + mm * 60
+    return -seconds if zone[:1] in ("-", b"-") else seconds
+
+
+# One-entry cache: consecutive log lines nearly always share their second.
+_seconds_cache: tuple[bytes, int] = (b"", 0)
+
+
+def _match_ns(m: re.Match[bytes]) -> int:
+    """Nanoseconds of a :data:`_TS_SP_RE` match; ``ValueError`` when out of range."""
+    global _seconds_cache
+    dt, frac, zone = m.group(1, 2, 3)
+    cached_dt, seconds = _seconds_cache
+    if dt != cached_dt:
+        seconds = _local_seconds(dt)
+        _seconds_cache = (dt, seconds)
+    if len(zone) > 1:
+        seconds -= _offset_seconds(zone)
+    return seconds * _NS_PER_S + (int(frac.ljust(9, b"0")) if frac else 0)
+
+
+def parse_rfc3339_ns(ts: str) -> int:
+    """An RFC 3339 date-time (RFC 3339 §5.6) → nanoseconds since the epoch, exact.
+
+    Accepts what the Docker engine writes (``2024-01-26T13:45:30.123456789Z``)
+    and every other RFC 3339 form: a fraction of 0-9 digits, ``Z`` or a
+    ``±hh:mm`` offset, lower-case ``t``/``z``. No float is involved, so all
+    nine digits survive. Raises ``ValueError`` for anything else (including
+    out-of-range fields such as February 30).
+    """
+    m = _TS_STR_RE.fullmatch(ts)
+    if m is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {ts[:40]!r}")
+    dt, frac, zone = m.group(1, 2, 3)
+    try:
+        seconds = _local_seconds(dt) - _offset_seconds(zone)
+    except ValueError as exc:
+        raise ValueError(f"not an RFC 3339 timestamp: {ts[:40]!r} ({exc})") from None
+    return seconds * _NS_PER_S + (int(frac.ljust(9, "0")) if frac else 0)
+
+
+_iso_cache: tuple[int, str] = (-1 << 70, "")
+
+
+def iso_millis(ns: int) -> str:
+    """Nanoseconds since the epoch → ``"2024-01-26T13:45:30.123Z"``.
+
+    pcclog's wire format for ``timestamp`` (SPEC §3, as in the seed): UTC,
+    ISO 8601, milliseconds (truncated, never rounded up into the next
+    second), ``Z``. Years outside 0000-9999 raise ``ValueError``.
+    """
+    global _iso_cache
+    seconds, rem = divmod(ns, _NS_PER_S)
+    cached_seconds, prefix = _iso_cache
+    if seconds != cached_seconds:
+        days, sod = divmod(seconds, 86400)
+        y, mo, d = _civil_from_days(days)
+        if not 0 <= y <= 9999:
+            raise ValueError(f"{ns} ns is outside the years 0000-9999")
+        h, sod = divmod(sod, 3600)
+        mi, s = divmod(sod, 60)
+        prefix = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}"
+        _iso_cache = (seconds, prefix)
+    return f"{prefix}.{rem // 1_000_000:03d}Z"
+
+
+# ---------------------------------------------------------------------------
+# The stream decoder
+# ---------------------------------------------------------------------------
+
+_START: Final = 0
+_CONTENT: Final = 1
+_SEAM: Final = 2
+_DAEMON: Final = 3
+
+_HEADER: Final = struct.Struct(">II")
+_STDIN, _STDOUT, _STDERR, _SYSTEMERR = 0, 1, 2, 3
+_DAEMON_ERROR_CAP: Final = 4096
+_DAEMON_PREFIX: Final = b"Error "  # WriteLogStream: "Error grabbing logs: %v\n"
+
+
+def _utf8_tail(raw: bytes) -> int:
+    """How many bytes at the end of ``raw`` are an incomplete UTF-8 sequence."""
+    n = len(raw)
+    for back in range(1, min(4, n) + 1):
+        byte = raw[n - back]
+        if byte & 0xC0 == 0x80:  # continuation byte: keep looking for the lead
+            continue
+        if byte < 0xC0:
+            return 0
+        need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+        return back if need > back else 0
+    return 0
+
+
+class _Assembler:
+    """Turns one stream's record bytes into whole lines (see the module's table)."""
+
+    __slots__ = (
+        "_cr",
+        "_cut",
+        "_daemon",
+        "_errors",
+        "_head",
+        "_kept",
+        "_max",
+        "_out",
+        "_parts",
+        "_piece",
+        "_piece_len",
+        "_state",
+        "_stream",
+        "_ts",
+        "_ts_ns",
+    )
+
+    def __init__(
+        self,
+        stream: Stream,
+        out: list[DockerLine],
+        errors: list[str],
+        max_line_bytes: int,
+        piece_bytes: int,
+    ) -> None:
+        self._stream: Stream = stream
+        self._out = out
+        self._errors = errors
+        self._max = max_line_bytes
+        # 0 for a multiplexed stream, whose frames mark the end of a piece.
+        self._piece = piece_bytes
+        self._piece_len = 0
+        self._state = _START
+        self._head = b""  # start of a record whose timestamp is not complete yet
+        self._ts = ""
+        self._ts_ns = 0
+        self._parts: list[bytes] = []
+        self._kept = 0
+        self._cut = 0
+        self._cr = False  # the line's last byte so far is "\r"
+        self._daemon = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return self._kept + len(self._head) + len(self._daemon)
+
+    def feed(self, data: bytes, pos: int, end: int) -> None:
+        while pos < end:
+            state = self._state
+            if state == _CONTENT:
+                pos = self._content(data, pos, end)
+            elif state == _DAEMON:
+                pos = self._daemon_line(data, pos, end)
+            else:
+                pos = self._prefix(data, pos, end)
+
+    def end_frame(self) -> None:
+        """A multiplexed frame (one engine record) ended."""
+        if self._state == _CONTENT:
+            self._state = _SEAM
+
+    def finish(self) -> None:
+        """EOF: flush the trailing partial line, if any."""
+        state = self._state
+        if state == _SEAM and self._head.strip(_TS_ALPHABET):
+            # Not the beginning of a continuation timestamp: the body was
+            # framed inside a record, these bytes are text.
+            self._append(self._head, 0, len(self._head))
+        self._head = b""
+        if state in (_CONTENT, _SEAM):
+            self._emit()
+        elif state == _DAEMON:
+            self._emit_daemon()
+        self._state = _START
+
+    # -- states ------------------------------------------------------------
+
+    def _prefix(self, data: bytes, pos: int, end: int) -> int:
+        """START / SEAM: expect ``timestamp SP``."""
+        head = self._head
+        if not head:
+            m = _TS_SP_RE.match(data, pos, end)
+            if m is not None:
+                try:
+                    ns = _match_ns(m)
+                except ValueError:
+                    pass
+                else:
+                    self._take_timestamp(m, ns)
+                    return m.end()
+        window = head + data[pos : min(end, pos + _TS_WINDOW - len(head))]
+        space = window.find(b" ")
+        if space >= 0:
+            m = _TS_SP_RE.fullmatch(window, 0, space + 1)
+            if m is not None:
+                try:
+                    ns = _match_ns(m)
+                except ValueError:
+                    pass
+                else:
+                    self._head = b""
+                    self._take_timestamp(m, ns)
+                    return pos + space + 1 - len(head)
+        elif len(window) < _TS_WINDOW and b"\n" not in window:
+            self._head = window  # the timestamp goes on in the next chunk
+            return end
+        # Not a timestamp.
+        self._head = b""
+        if self._state == _SEAM:
+            # The previous frame ended inside a record: what follows is text.
+            self._state = _CONTENT
+            self._piece_len = 0
+            self._append(head, 0, len(head))
+            return pos
+        if self._piece and window.startswith(_DAEMON_PREFIX):
+            self._state = _DAEMON
+            self._daemon += head[: min(_DAEMON_ERROR_CAP, self._max)]
+            return pos
+        hint = ""
+        if self._piece and window[:1] in (b"\x00", b"\x01", b"\x02"):
+            hint = " (a multiplexed body? decode it with tty=False)"
+        raise DockerStreamError(
+            f"{self._stream} record does not start with an RFC 3339 timestamp: "
+            f"{window[:40]!r}{hint}; request the logs with timestamps=1"
+        )
+
+    def _take_timestamp(self, m: re.Match[bytes], ns: int) -> None:
+        if self._state == _START:
+            self._ts = m.group(0)[:-1].decode("ascii")
+            self._ts_ns = ns
+        # SEAM: a continuation piece; the line keeps its first piece's stamp.
+        self._state = _CONTENT
+        self._piece_len = 0
+
+    def _content(self, data: bytes, pos: int, end: int) -> int:
+        """CONTENT: the line's bytes, up to ``\\n``."""
+        piece = self._piece
+        limit = end
+        if piece:
+            limit = pos + piece - self._piece_len
+            if limit > end:
+                limit = end
+        nl = data.find(b"\n", pos, limit)
+        if nl >= 0:
+            if not self._parts and not self._cut and nl - pos <= self._max:
+                # Hot path: the whole line is in this chunk.
+                stop = nl - 1 if nl > pos and data[nl - 1] == 13 else nl
+                self._out.append(
+                    DockerLine(
+                        stream=self._stream,
+                        timestamp=self._ts,
+                        timestamp_ns=self._ts_ns,
+                        text=data[pos:stop].decode("utf-8", "replace"),
+                    )
+                )
+                self._state = _START
+            else:
+                self._append(data, pos, nl)
+                self._emit()
+            return nl + 1
+        self._append(data, pos, limit)
+        if piece:
+            self._piece_len += limit - pos
+            if self._piece_len >= piece:
+                self._state = _SEAM  # a 16 KiB piece: a timestamp may follow
+        return limit
+
+    def _daemon_line(self, data: bytes, pos: int, end: int) -> int:
+        """DAEMON (TTY): the engine's in-band error line, up to ``\\n``."""
+        nl = data.find(b"\n", pos, end)
+        stop = end if nl < 0 else nl
+        room = min(_DAEMON_ERROR_CAP, self._max) - len(self._daemon)
+        if room > 0:
+            self._daemon += data[pos : pos + min(room, stop - pos)]
+        if nl < 0:
+            return end
+        self._emit_daemon()
+        self._state = _START
+        return nl + 1
+
+    # -- line buffer -------------------------------------------------------
+
+    def _append(self, data: bytes, start: int, stop: int) -> None:
+        n = stop - start
+        if n <= 0:
+            return
+        self._cr = data[stop - 1] == 13
+        room = self._max - self._kept
+        if n <= room:
+            self._parts.append(data[start:stop])
+            self._kept += n
+        else:
+            if room > 0:
+                self._parts.append(data[start : start + room])
+                self._kept += room
+            self._cut += n - room  # dropped as it arrives: memory stays bounded
+
+    def _emit(self) -> None:
+        parts = self._parts
+        raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        cut = self._cut
+        if self._cr:  # the line ended in "\r\n": the "\r" is not text
+            if cut:
+                cut -= 1
+            else:
+                raw = raw[:-1]
+        if cut:
+            back = _utf8_tail(raw)  # do not cut a character in half
+            if back:
+                raw = raw[:-back]
+                cut += back
+            text = f"{raw.decode('utf-8', 'replace')} …[truncated {cut} bytes]"
+        else:
+            text = raw.decode("utf-8", "replace")
+        self._out.append(
+            DockerLine(
+                stream=self._stream,
+                timestamp=self._ts,
+                timestamp_ns=self._ts_ns,
+                text=text,
+                truncated=cut > 0,
+            )
+        )
+        self._parts = []
+        self._kept = 0
+        self._cut = 0
+        self._cr = False
+        self._state = _START
+
+    def _emit_daemon(self) -> None:
+        self._errors.append(bytes(self._daemon).decode("utf-8", "replace").rstrip("\r\n"))
+        self._daemon.clear()
+
+
+class _SystemErrSink:
+    """Collects a Systemerr frame (type 3): the engine's in-band error text."""
+
+    __slots__ = ("_buf", "_cap", "_errors")
+
+    def __init__(self, errors: list[str], cap: int) -> None:
+        self._errors = errors
+        self._cap = cap
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes, pos: int, end: int) -> None:
+        room = self._cap - len(self._buf)
+        if room > 0:
+            self._buf += data[pos : min(end, pos + room)]
+
+    def end_frame(self) -> None:
+        self._errors.append(bytes(self._buf).decode("utf-8", "replace").rstrip("\r\n"))
+        self._buf.clear()
+
+    def finish(self) -> None:
+        if self._buf:
+            self.end_frame()
+
+
+class DockerStreamDecoder:
+    """Decode the body of ``GET /containers/{id}/logs?...&timestamps=1``.
+
+    ``tty`` must match the container's ``Config.Tty`` (the engine multiplexes
+    only non-TTY containers: moby ``WriteLogStream(..., mux=!tty)``).
+
+    Feed every chunk of the body to :meth:`receive_data`, in order, split
+    anywhere; ``receive_data(b"")`` is EOF and flushes a trailing line that
+    has no ``\\n`` (one per stream). Take the complete lines with
+    :meth:`lines`, in the order they completed; stdout and stderr are kept
+    apart, each in file order. Lines the engine split into 16 KiB pieces are
+    joined again. The engine's own in-band errors (Systemerr frames; in TTY
+    mode a line ``Error grabbing logs: ...`` without timestamp) are not log
+    lines: they come out of :meth:`daemon_errors`, and the stream goes on, as
+    it does in the engine.
+
+    ``max_line_bytes`` caps one line (after joining); longer lines keep their
+    first bytes and end in ``" …[truncated N bytes]"``. ``tty_piece_bytes``
+    is the log driver's piece size, used only to find the seams of a long
+    line in a TTY body (json-file and local: 16 KiB, moby ``defaultBufSize``).
+
+    Malformed bodies raise :class:`DockerStreamError`, never anything else.
+    """
+
+    __slots__ = (
+        "_assemblers",
+        "_daemon_errors",
+        "_eof",
+        "_error",
+        "_header",
+        "_lines",
+        "_max",
+        "_remaining",
+        "_syserr",
+        "_target",
+        "_tty",
+    )
+
+    def __init__(
+        self, *, tty: bool, max_line_bytes: int = 1_048_576, tty_piece_bytes: int = 16_384
+    ) -> None:
+        if max_line_bytes < 1:
+            raise ValueError("max_line_bytes must be at least 1")
+        if tty_piece_bytes < 1:
+            raise ValueError("tty_piece_bytes must be at least 1")
+        self._tty = tty
+        self._max = max_line_bytes
+        self._lines: list[DockerLine] = []
+        self._daemon_errors: list[str] = []
+        piece = tty_piece_bytes if tty else 0
+        stdout = _Assembler("stdout", self._lines, self._daemon_errors, max_line_bytes, piece)
+        stderr = _Assembler("stderr", self._lines, self._daemon_errors, max_line_bytes, piece)
+        self._syserr = _SystemErrSink(self._daemon_errors, min(_DAEMON_ERROR_CAP, max_line_bytes))
+        # Indexed by the header's stream type; stdin goes to stdout as in
+        # moby's stdcopy.StdCopy.
+        self._assemblers: tuple[_Assembler, _Assembler, _Assembler] = (stdout, stdout, stderr)
+        self._target: _Assembler | _SystemErrSink = stdout
+        self._header = b""  # a header split across chunks
+        self._remaining = 0  # payload bytes left in the current frame
+        self._eof = False
+        self._error: DockerStreamError | None = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held for incomplete lines and headers (bounded, see the module doc)."""
+        stdout, _, stderr = self._assemblers
+        return len(self._header) + stdout.buffered + stderr.buffered + self._syserr.buffered
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed the next chunk of the body; ``b""`` means EOF.
+
+        Raises :class:`DockerStreamError` when the body is malformed, and
+        again on every later call.
+        """
+        if self._error is not None:
+            raise DockerStreamError(f"the log stream already failed: {self._error}")
+        if self._eof:
+            if data:
+                self._error = DockerStreamError("data received after EOF")
+                raise self._error
+            return
+        if not data:
+            self._finish()
+            return
+        data = bytes(data)
+        try:
+            if self._tty:
+                self._assemblers[_STDOUT].feed(data, 0, len(data))
+            else:
+                self._feed_frames(data)
+        except DockerStreamError as exc:
+            self._error = exc
+            raise
+
+    def lines(self) -> list[DockerLine]:
+        """The lines completed so far, oldest first; clears them."""
+        out = self._lines[:]
+        self._lines.clear()
+        return out
+
+    def daemon_errors(self) -> list[str]:
+        """The engine's in-band error messages received so far; clears them."""
+        out = self._daemon_errors[:]
+        self._daemon_errors.clear()
+        return out
+
+    def _feed_frames(self, data: bytes) -> None:
+        pos = 0
+        end = len(data)
+        while pos < end:
+            remaining = self._remaining
+            if remaining:
+                take = remaining if remaining < end - pos else end - pos
+                self._target.feed(data, pos, pos + take)
+                pos += take
+                self._remaining = remaining - take
+                if remaining == take:
+                    self._target.end_frame()
+                continue
+            if self._header or end - pos < 8:
+                need = 8 - len(self._header)
+                self._header += data[pos : pos + need]
+                pos += min(need, end - pos)
+                if len(self._header) < 8:
+                    return
+                word, length = _HEADER.unpack(self._header)
+                self._header = b""
+            else:
+                word, length = _HEADER.unpack_from(data, pos)
+                pos += 8
+            self._start_frame(word, length)
+
+    def _start_frame(self, word: int, length: int) -> None:
+        # pkg/stdcopy: header := [8]byte{STREAM_TYPE, 0, 0, 0, SIZE1, SIZE2, SIZE3, SIZE4}
+        kind = word >> 24
+        if word & 0xFFFFFF or kind > _SYSTEMERR:
+            hint = ""
+            if kind in b"0123456789":
+                hint = " (a TTY body? decode it with tty=True)"
+            raise DockerStreamError(
+                f"malformed stream header {word.to_bytes(4, 'big').hex()}: stream type "
+                f"{kind} with padding {word & 0xFFFFFF:#x}; expected type 0-3 and zero "
+                f"padding{hint}"
+            )
+        if length == 0:
+            return  # an empty Write carries no record
+        self._target = self._syserr if kind == _SYSTEMERR else self._assemblers[kind]
+        self._remaining = length
+
+    def _finish(self) -> None:
+        self._eof = True
+        if self._remaining:  # the body ended inside a frame
+            self._remaining = 0
+            self._target.end_frame()
+        self._header = b""  # a partial header carries nothing
+        stdout, _, stderr = self._assemblers
+        stdout.finish()
+        stderr.finish()
+        self._syserr.finish()
+
+
+# ---------------------------------------------------------------------------
+# Levels and messages (SPEC §4)
+# ---------------------------------------------------------------------------
+
+_LEVEL_NAMES: Final[dict[str, str]] = {
+    "trace": "trace",
+    "debug": "debug",
+    "info": "info",
+    "warn": "warn",
+    "warning": "warn",
+    "error": "error",
+    "err": "error",
+    "fatal": "fatal",
+    "critical": "fatal",
+    # syslog (RFC 5424 §6.2.1) and zap/logrus names
+    "notice": "info",
+    "crit": "fatal",
+    "alert": "fatal",
+    "emerg": "fatal",
+    "emergency": "fatal",
+    "panic": "fatal",
+    "dpanic": "fatal",
+}
+
+
+def _pino_level(n: float) -> str:
+    """pino's numeric levels: 10 trace, 20 debug, 30 info, 40 warn, 50 error, 60 fatal.
+
+    Custom levels in between take the level at or below them.
+    """
+    if n < 20:
+        return "trace"
+    if n < 30:
+        return "debug"
+    if n < 40:
+        return "info"
+    if n < 50:
+        return "warn"
+    if n < 60:
+        return "error"
+    return "fatal"
+
+
+def _level_of(value: object) -> str | None:
+    if isinstance(value, str):
+        name = value.strip().lower()
+        level = _LEVEL_NAMES.get(name)
+        if level is None and name.isascii() and name.isdigit():
+            level = _pino_level(int(name))
+        return level
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if value != value else _pino_level(value)  # NaN has no level
+    return None
+
+
+def classify_line(
+    line: DockerLine,
+    *,
+    container_id: str,
+    stdout_level: str = "info",
+    stderr_level: str = "error",
+) -> ClassifiedLine:
+    """Level, message and data of a container's log line (SPEC §4).
+
+    ``data`` always has ``containerId`` and ``stream``. A line that is a JSON
+    object keeps its fields in ``data`` (our ``containerId``/``stream``
+    replace fields of the same name) and gives the level — ``level``, else
+    ``severity``: names in any case (``warning``→``warn``, ``err``→``error``,
+    ``critical``→``fatal``, and the syslog names) or pino's numbers — and the
+    message: ``msg``, else ``message`` (a non-string is JSON-encoded), else
+    the whole line. Any other line is a message at ``stdout_level`` or
+    ``stderr_level`` by stream, as is a JSON line without a known level.
+    ``timestamp`` is the engine's timestamp in pcclog's wire form.
+    """
+    text = line.text
+    default = stdout_level if line.stream == "stdout" else stderr_level
+    timestamp = iso_millis(line.timestamp_ns)
+    fields: object = None
+    body = text.strip() if text[:1].isspace() or text[-1:].isspace() else text
+    if body[:1] == "{" and body[-1:] == "}":
+        try:
+            fields = msgspec.json.decode(body)
+        except (msgspec.DecodeError, RecursionError):
+            fields = None
+    if not isinstance(fields, dict):
+        return ClassifiedLine(
+            level=default,
+            message=text,
+            data={"containerId": container_id, "stream": line.stream},
+            timestamp=timestamp,
+        )
+    level = _level_of(fields.get("level")) or _level_of(fields.get("severity")) or default
+    message = text
+    for key in ("msg", "message"):
+        value = fields.get(key)
+        if value is not None:
+            message = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+            break
+    data: dict[str, object] = fields
+    data["containerId"] = container_id
+    data["stream"] = line.stream
+    return ClassifiedLine(level=level, message=message, data=data, timestamp=timestamp)
+
+
+# ---------------------------------------------------------------------------
+# Resuming a follow stream
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamMark:
+    """The newest timestamp delivered on one stream and how many lines had it."""
+
+    timestamp_ns: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError("a stream mark counts at least one line")
+
+
+def _since_text(ns: int) -> str:
+    seconds, nanos = divmod(max(ns, 0), _NS_PER_S)
+    return f"{seconds}.{nanos:09d}"
+
+
+def _since_float(ns: int) -> float:
+    exact = Fraction(max(ns, 0), _NS_PER_S)
+    f = float(exact)
+    # docker-py sends str(float); the engine parses that decimal text. Step
+    # down until the text is not after the instant, or the last line at that
+    # instant would not be resent.
+    while f > 0.0 and Fraction(repr(f)) > exact:
+        f = math.nextafter(f, 0.0)
+    # Below 1e-4 repr() switches to exponent form, which the engine rejects.
+    return f if f >= 1e-4 else 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumePoint:
+    """What has been delivered: per stream, the newest timestamp and its count.
+
+    A value: store it, hand it to a new :class:`ResumeFilter`.
+    """
+
+    stdout: StreamMark | None = None
+    stderr: StreamMark | None = None
+
+    @property
+    def timestamp_ns(self) -> int | None:
+        """The instant to resume from: the older of the two streams' marks."""
+        marks = [m.timestamp_ns for m in (self.stdout, self.stderr) if m is not None]
+        return min(marks) if marks else None
+
+    def since_param(self) -> str | None:
+        """``since`` for the Engine API, ``"<seconds>.<9 digits>"``; ``None`` before any line.
+
+        The engine parses it with ``timetypes.ParseTimestamps`` into seconds
+        and nanoseconds, exactly, and resends every record whose timestamp
+        is not before it (``since`` is inclusive).
+        """
+        ns = self.timestamp_ns
+        return None if ns is None else _since_text(ns)
+
+    def since_seconds(self) -> float | None:
+        """``since`` as a float for docker-py's ``logs(since=...)``, never after the instant.
+
+        docker-py accepts only an int, a float or a whole-second datetime and
+        sends ``str(float)``; a float cannot hold nanoseconds, so this one is
+        rounded *down* (the engine then resends a few older lines, which the
+        filter drops). ``0.0`` (docker-py refuses it: omit ``since``) for
+        instants within 1e-4 s of the epoch.
+        """
+        ns = self.timestamp_ns
+        return None if ns is None else _since_float(ns)
+
+
+class ResumeFilter:
+    """Drops the lines a re-attached follow stream sends twice.
+
+    The follow stream can end at any time (engine restart, network, the
+    container's restart); the runtime then requests the logs again with
+    ``since=`` :meth:`since_param` (inclusive: the engine resends every
+    record whose timestamp is at or after it, in log file order) and calls
+    :meth:`start_attach` before passing the new stream's lines through
+    :meth:`accept`/:meth:`filter`. Several lines can share a timestamp, so
+    the filter remembers per stream the newest timestamp delivered and how
+    many lines of that stream had exactly it (a :class:`ResumePoint`). On a
+    new attach it drops, per stream, the lines older than that stream's mark
+    and the first ``count`` lines at exactly it; the first line it lets
+    through ends the dropping for that stream, so live lines are never held
+    back.
+
+    Guaranteed — no duplicate and no hole — when:
+
+    * each stream's timestamps never decrease in the log file (the copier
+      stamps one stream from one goroutine with the host's wall clock, and
+      the file keeps each stream's order);
+    * every undelivered line has a timestamp at or after ``since``: true for
+      a stream that has delivered a line (its undelivered lines come after
+      its mark, and ``since`` is the older mark), and true for a stream that
+      has not when all lines are in timestamp order across streams;
+    * the engine still has the lines (a rotated-away log file is a hole the
+      engine does not report) and each delivered line was whole.
+
+    Not guaranteed:
+
+    * The stdout and stderr copiers stamp their lines independently, so a
+      line of a stream that has delivered nothing yet can be older than the
+      other stream's mark and be written after it; it is lost (a skew of
+      microseconds: the window between stamping and writing).
+    * A backward step of the engine host's wall clock: lines stamped before
+      the mark after the step are dropped as if delivered. The mark itself
+      never moves back, so nothing is duplicated.
+    * A line cut by the end of the follow stream (EOF between its 16 KiB
+      pieces or inside a frame) is delivered as its first part, and the whole
+      line, resent with the same timestamp, is dropped as delivered.
+    * A container that ends its output without ``\\n`` and is restarted: the
+      engine logged that last output as a partial record, so the first line
+      after the restart is joined to it (as ``docker logs`` shows it); on a
+      replay that joined line is dropped as the line already delivered.
+    """
+
+    __slots__ = ("_marks", "_skips")
+
+    def __init__(self, point: ResumePoint | None = None) -> None:
+        # stream → [timestamp_ns, count]; mutable for the hot path.
+        self._marks: dict[str, list[int]] = {}
+        self._skips: dict[str, list[int]] = {}
+        if point is not None:
+            for stream, mark in (("stdout", point.stdout), ("stderr", point.stderr)):
+                if mark is not None:
+                    self._marks[stream] = [mark.timestamp_ns, mark.count]
+
+    @property
+    def point(self) -> ResumePoint:
+        """What has been delivered so far, as a value."""
+        out = self._marks.get("stdout")
+        err = self._marks.get("stderr")
+        return ResumePoint(
+            stdout=None if out is None else StreamMark(timestamp_ns=out[0], count=out[1]),
+            stderr=None if err is None else StreamMark(timestamp_ns=err[0], count=err[1]),
+        )
+
+    def since_param(self) -> str | None:
+        """See :meth:`ResumePoint.since_param`."""
+        return self.point.since_param()
+
+    def since_seconds(self) -> float | None:
+        """See :meth:`ResumePoint.since_seconds`."""
+        return self.point.since_seconds()
+
+    def start_attach(self) -> None:
+        """A new follow stream begins: drop what it resends of what was delivered."""
+        self._skips = {stream: list(mark) for stream, mark in self._marks.items()}
+
+    def accept(self, line: DockerLine) -> bool:
+        """True when ``line`` is new (it is then counted as delivered)."""
+        stream = line.stream
+        ts = line.timestamp_ns
+        skip = self._skips.get(stream)
+        if skip is not None:
+            if ts < skip[0]:
+                return False
+            if ts == skip[0] and skip[1] > 0:
+                skip[1] -= 1
+                return False
+            del self._skips[stream]
+        mark = self._marks.get(stream)
+        if mark is None:
+            self._marks[stream] = [ts, 1]
+        elif ts == mark[0]:
+            mark[1] += 1
+        elif ts > mark[0]:
+            mark[0] = ts
+            mark[1] = 1
+        return True
+
+    def filter(self, lines: Iterable[DockerLine]) -> list[DockerLine]:
+        """The new lines among ``lines``, in order."""
+        return [line for line in lines if self.accept(line)]

@@ -1,0 +1,1 @@
+"""pcclog_server: the anyio runtime, HTTP endpoints, Docker source and CLI."""

@@ -1,0 +1,394 @@
+"""Every setting of ``pcclog serve``, defined once (SPEC §2).
+
+Each ``Setting`` is an environment variable and a ``--flag``; the flag wins.
+``docs/configuration.md`` is generated from ``SETTINGS`` (a test fails when
+the page is stale). An invalid value stops the start with a message naming
+the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pcclog_core import Authenticator, Limits, parse_static_tokens
+
+__all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "add_arguments", "load_config"]
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the text names the variable."""
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        lowered = text.strip().lower()
+        if lowered not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return lowered
+
+    return parse
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in text.split(",") if o.strip())
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Setting:
+    name: str  # attribute of Config
+    env: str
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False  # never echoed in errors or logs
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.lower().replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        name="port",
+        env="PORT",
+        default="8080",
+        parse=_int(0, 65535),
+        help="TCP port to listen on (0 picks a free one).",
+    ),
+    Setting(
+        name="host",
+        env="HOST",
+        default="0.0.0.0",
+        parse=_text,
+        help="Address to listen on; `make run` uses 127.0.0.1.",
+    ),
+    Setting(
+        name="ws_ping_interval",
+        env="WS_PING_INTERVAL",
+        default="30000",
+        parse=_int(0),
+        help="Milliseconds between WebSocket pings the server sends (0 disables).",
+    ),
+    Setting(
+        name="ws_ping_timeout",
+        env="WS_PING_TIMEOUT",
+        default="5000",
+        parse=_int(1),
+        help="Milliseconds to wait for a pong before closing with 1011.",
+    ),
+    Setting(
+        name="session_timeout",
+        env="SESSION_TIMEOUT",
+        default="300000",
+        parse=_int(0),
+        help="Milliseconds an ended (stopped/error) session is kept before eviction.",
+    ),
+    Setting(
+        name="max_sessions",
+        env="MAX_SESSIONS",
+        default="100",
+        parse=_int(1),
+        help="Most sessions kept at once.",
+    ),
+    Setting(
+        name="log_level",
+        env="LOG_LEVEL",
+        default="info",
+        parse=_choice("trace", "debug", "info", "warn", "warning", "error", "fatal", "silent"),
+        help="Level of the server's own JSON logs on stderr.",
+    ),
+    Setting(
+        name="auth_tokens",
+        env="AUTH_TOKENS",
+        default=None,
+        parse=_text,
+        secret=True,
+        help="Static tokens, comma-separated: TOKEN (every role, every session) or "
+        "TOKEN:ROLES:GLOB with ROLES view, produce or view+produce.",
+    ),
+    Setting(
+        name="auth_jwt_secret",
+        env="AUTH_JWT_SECRET",
+        default=None,
+        parse=_text,
+        secret=True,
+        help="Secret for HS256 JWTs (claims: exp required, roles, sessions).",
+    ),
+    Setting(
+        name="auth_jwt_public_key",
+        env="AUTH_JWT_PUBLIC_KEY",
+        default=None,
+        parse=_text,
+        help="PEM public key (or a path to one) for RS256/ES256 JWTs.",
+    ),
+    Setting(
+        name="auth_disabled",
+        env="AUTH_DISABLED",
+        default="false",
+        parse=_bool,
+        help="Serve without authentication (logged as a warning).",
+    ),
+    Setting(
+        name="auth_timeout",
+        env="AUTH_TIMEOUT",
+        default="10000",
+        parse=_int(1),
+        help="Milliseconds a connection may stay unauthenticated before 1008.",
+    ),
+    Setting(
+        name="allowed_origins",
+        env="ALLOWED_ORIGINS",
+        default=None,
+        parse=_origins,
+        help="Comma-separated exact Origin allowlist for browsers (unset: any).",
+    ),
+    Setting(
+        name="docker_enabled",
+        env="DOCKER_ENABLED",
+        default="auto",
+        parse=_choice("auto", "true", "false"),
+        help="Follow Docker containers: auto (if an engine answers), true, false.",
+    ),
+    Setting(
+        name="docker_label",
+        env="DOCKER_LABEL",
+        default="pcclog.session",
+        parse=_text,
+        help="Containers with this label are sessions; its value is the session id.",
+    ),
+    Setting(
+        name="docker_stdout_level",
+        env="DOCKER_STDOUT_LEVEL",
+        default="info",
+        parse=_text,
+        help="Level of a plain (non-JSON) stdout line from a container.",
+    ),
+    Setting(
+        name="docker_stderr_level",
+        env="DOCKER_STDERR_LEVEL",
+        default="error",
+        parse=_text,
+        help="Level of a plain (non-JSON) stderr line from a container.",
+    ),
+    Setting(
+        name="history_lines",
+        env="HISTORY_LINES",
+        default="10000",
+        parse=_int(1),
+        help="Entries of history kept per session for replay and resume.",
+    ),
+    Setting(
+        name="subscribe_tail",
+        env="SUBSCRIBE_TAIL",
+        default="100",
+        parse=_int(0),
+        help="History entries replayed on a plain subscribe.",
+    ),
+    Setting(
+        name="max_message_size",
+        env="MAX_MESSAGE_SIZE",
+        default="65536",
+        parse=_int(64, 64 * 1024 * 1024),
+        help="Largest client message, bytes.",
+    ),
+    Setting(
+        name="max_subscriptions",
+        env="MAX_SUBSCRIPTIONS",
+        default="128",
+        parse=_int(1),
+        help="Subscriptions per connection.",
+    ),
+    Setting(
+        name="connection_buffer",
+        env="CONNECTION_BUFFER",
+        default="1048576",
+        parse=_int(1024),
+        help="Outbound bytes queued per connection before the slow-consumer policy applies.",
+    ),
+    Setting(
+        name="global_buffer",
+        env="GLOBAL_BUFFER",
+        default="268435456",
+        parse=_int(1024),
+        help="Outbound bytes queued over all connections before producers are paused.",
+    ),
+    Setting(
+        name="slow_consumer",
+        env="SLOW_CONSUMER",
+        default="drop",
+        parse=_choice("drop", "disconnect"),
+        help="drop (drop logs for that viewer, then send gap) or disconnect (close 1013).",
+    ),
+    Setting(
+        name="rate_limit",
+        env="RATE_LIMIT",
+        default="200",
+        parse=_int(1),
+        help="Client messages per second per connection (producer entries exempt).",
+    ),
+    Setting(
+        name="tls_cert",
+        env="TLS_CERT",
+        default=None,
+        parse=_text,
+        help="PEM certificate chain: serve wss:// and https://.",
+    ),
+    Setting(
+        name="tls_key",
+        env="TLS_KEY",
+        default=None,
+        parse=_text,
+        help="PEM private key for TLS_CERT.",
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    port: int
+    host: str
+    ws_ping_interval: int
+    ws_ping_timeout: int
+    session_timeout: int
+    max_sessions: int
+    log_level: str
+    auth_tokens: str | None
+    auth_jwt_secret: str | None
+    auth_jwt_public_key: str | None
+    auth_disabled: bool
+    auth_timeout: int
+    allowed_origins: tuple[str, ...] | None
+    docker_enabled: str
+    docker_label: str
+    docker_stdout_level: str
+    docker_stderr_level: str
+    history_lines: int
+    subscribe_tail: int
+    max_message_size: int
+    max_subscriptions: int
+    connection_buffer: int
+    global_buffer: int
+    slow_consumer: str
+    rate_limit: int
+    tls_cert: str | None
+    tls_key: str | None
+
+    @property
+    def auth_configured(self) -> bool:
+        return bool(self.auth_tokens or self.auth_jwt_secret or self.auth_jwt_public_key)
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_sessions=self.max_sessions,
+            session_timeout=self.session_timeout / 1000,
+            history_lines=self.history_lines,
+            subscribe_tail=self.subscribe_tail,
+            max_message_size=self.max_message_size,
+            max_subscriptions=self.max_subscriptions,
+            connection_buffer=self.connection_buffer,
+            global_buffer=self.global_buffer,
+            slow_consumer="disconnect" if self.slow_consumer == "disconnect" else "drop",
+            ping_interval=self.ws_ping_interval / 1000,
+            ping_timeout=self.ws_ping_timeout / 1000,
+            auth_timeout=self.auth_timeout / 1000,
+            rate_limit=float(self.rate_limit),
+            rate_burst=2 * self.rate_limit,
+        )
+
+    def authenticator(self, generated_token: str | None = None) -> Authenticator:
+        tokens = parse_static_tokens(self.auth_tokens) if self.auth_tokens else []
+        if generated_token is not None:
+            tokens += parse_static_tokens(generated_token)
+        public_key = self.auth_jwt_public_key
+        if public_key and not public_key.lstrip().startswith("-----BEGIN"):
+            with open(public_key, encoding="ascii") as f:
+                public_key = f.read()
+        return Authenticator(
+            static_tokens=tokens,
+            jwt_secret=self.auth_jwt_secret,
+            jwt_public_key=public_key,
+            disabled=self.auth_disabled,
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per setting; unset flags fall back to the environment."""
+    for setting in SETTINGS:
+        default = "unset" if setting.default is None else setting.default
+        parser.add_argument(
+            setting.flag,
+            dest=setting.name,
+            default=None,
+            metavar=setting.env,
+            help=f"{setting.help} (env {setting.env}, default {default})",
+        )
+
+
+def load_config(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Flags, then the environment, then defaults; raises ``ConfigError``."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = getattr(args, setting.name, None) if args is not None else None
+        source = setting.flag
+        if raw is None:
+            raw = environ.get(setting.env)
+            source = setting.env
+        if raw is None or (raw == "" and setting.default is None):
+            values[setting.name] = (
+                None if setting.default is None else setting.parse(setting.default)
+            )
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except (ValueError, OSError) as exc:
+            shown = "" if setting.secret else f" ({exc})"
+            raise ConfigError(f"invalid {source}{shown}") from None
+    config = Config(**values)
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError("TLS_CERT and TLS_KEY must be set together")
+    if config.auth_tokens:
+        try:
+            parse_static_tokens(config.auth_tokens)
+        except ValueError as exc:
+            raise ConfigError(f"invalid AUTH_TOKENS: {exc}") from None
+    if config.auth_jwt_secret and config.auth_jwt_public_key:
+        raise ConfigError("set AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY, not both")
+    try:
+        config.limits()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return config

@@ -1,0 +1,89 @@
+"""``GET /metrics``: Prometheus text exposition via prometheus-client.
+
+A custom collector reads the core's plain counters at scrape time, so the
+hot path only increments ints and never touches a metrics library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+__all__ = ["render_metrics"]
+
+
+class _Collector:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        server = self.server
+        hub = server.hub
+        c = hub.counters
+        ws_clients = sum(1 for p in server.peers.values() if p.conn.client is not None)
+        yield GaugeMetricFamily(
+            "pcclog_connections", "Open WebSocket connections", value=ws_clients
+        )
+        yield CounterMetricFamily(
+            "pcclog_connections", "TCP connections accepted", value=server.connections_total
+        )
+        yield GaugeMetricFamily(
+            "pcclog_sessions", "Sessions in the registry", value=len(hub.sessions)
+        )
+        yield CounterMetricFamily(
+            "pcclog_messages_in", "Client messages received", value=c.messages_in
+        )
+        yield CounterMetricFamily(
+            "pcclog_messages_out", "Entries queued to viewers", value=c.deliveries
+        )
+        yield CounterMetricFamily(
+            "pcclog_bytes_out", "Bytes written to sockets", value=server.bytes_out
+        )
+        yield CounterMetricFamily("pcclog_gaps", "gap messages sent", value=c.gaps)
+        yield CounterMetricFamily(
+            "pcclog_slow_consumer_drops",
+            "Log entries dropped for slow viewers",
+            value=c.slow_consumer_drops,
+        )
+        yield CounterMetricFamily(
+            "pcclog_slow_consumer_disconnects",
+            "Viewers closed with 1013",
+            value=c.slow_consumer_disconnects,
+        )
+        yield CounterMetricFamily(
+            "pcclog_ping_timeouts", "Connections closed with 1011", value=c.ping_timeouts
+        )
+        yield CounterMetricFamily(
+            "pcclog_auth_failures", "Refused tokens and auth deadlines", value=c.auth_failures
+        )
+        yield CounterMetricFamily("pcclog_errors_sent", "error replies sent", value=c.errors_sent)
+        yield CounterMetricFamily(
+            "pcclog_rate_limited", "Messages refused by the rate limit", value=c.rate_limited
+        )
+        yield GaugeMetricFamily(
+            "pcclog_queued_bytes", "Outbound bytes queued in the core", value=hub.queued_bytes
+        )
+        ready = GaugeMetricFamily(
+            "pcclog_source_ready", "1 when a log source is connected", labels=["source"]
+        )
+        for source in server.sources:
+            ready.add_metric([source.name], 1.0 if source.ready else 0.0)
+        yield ready
+
+
+def render_metrics(server: Server) -> tuple[str, bytes]:
+    registry = server._metrics_registry
+    if registry is None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(server))
+        server._metrics_registry = registry
+    return CONTENT_TYPE_LATEST, generate_latest(registry)

@@ -1,0 +1,632 @@
+"""The anyio runtime: moves bytes between sockets and the sans-IO core.
+
+Theory of operation
+-------------------
+
+One task per connection reads its socket and sleeps until the core's next
+deadline; all protocol and policy decisions are the core's. Writes are not
+per-task: after any input, the reading task drains every client the hub
+marked ready and writes each one's queued frames with **one non-blocking
+``send``** (the frames were joined by ``Client.data_to_send``). Nothing on
+that path awaits, so fan-out to a thousand viewers is a thousand syscalls,
+not a thousand trips through the event loop. Only a socket whose kernel
+buffer is full gets a writer task, which waits for writability, finishes
+the partial buffer and pulls again; while it waits, the core's
+slow-consumer policy bounds what queues up behind it.
+
+TLS connections use anyio's ``TLSStream`` instead of the raw socket: reads
+are stream receives and each connection has a writer task woken by an
+event. They take the slow path by design; put a proxy in front for many
+``wss://`` viewers (docs/deploy.md).
+
+Producers are paused (their sockets not read) while the hub reports its
+global buffer full, so the kernel and the producers buffer, not us.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSStream
+
+from pcclog_core import (
+    AuthError,
+    CloseCode,
+    Connection,
+    ConnectionClosed,
+    HTTPRequest,
+    Hub,
+    Role,
+    WebSocketAccepted,
+    encode,
+)
+from pcclog_core._messages import Sessions
+
+from ._config import Config
+from ._log import Logger
+from ._metrics import render_metrics
+
+__all__ = ["Server", "Source"]
+
+_RECV_SIZE = 262_144
+_STATIC = Path(__file__).parent / "static"
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+
+
+class Source(Protocol):
+    """A log source the server runs beside its listener (the Docker one)."""
+
+    name: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def run(self, server: Server) -> None: ...
+
+
+class _Peer:
+    """The runtime's side of one connection."""
+
+    __slots__ = (
+        "conn",
+        "id",
+        "peer",
+        "pending",
+        "scope",
+        "sock",
+        "stream",
+        "wake",
+        "writing",
+    )
+
+    def __init__(self, sock: socket.socket, conn: Connection, peer: str, ident: int) -> None:
+        self.sock = sock
+        self.conn = conn
+        self.peer = peer
+        self.id = ident
+        self.pending: memoryview | None = None
+        self.scope: anyio.CancelScope | None = None
+        self.stream: anyio.abc.ByteStream | None = None  # TLS only
+        self.wake: anyio.Event | None = None  # TLS only
+        self.writing = False
+
+
+def _clock() -> tuple[float, float]:
+    return time.monotonic(), time.time()
+
+
+class Server:
+    """``pcclog serve``: the listener, the connections, the sources."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        hub: Hub,
+        logger: Logger,
+        sources: Sequence[Source] = (),
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.config = config
+        self.hub = hub
+        self.log = logger
+        self.sources = list(sources)
+        self.ssl_context = ssl_context
+        self.peers: dict[int, _Peer] = {}
+        self.port = 0
+        self.started = time.time()
+        self.connections_total = 0
+        self.bytes_out = 0
+        self._next_id = 0
+        self._listener: socket.socket | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stopping = False
+        self._stop = anyio.Event()
+        self._resume = anyio.Event()
+        self._allowed_origins = config.allowed_origins
+        self._metrics_registry: Any = None
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen, serve until ``stop()`` or a signal, then shut down cleanly."""
+        listener = self._listener or self.bind()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._accept_loop, listener)
+            tg.start_soon(self._hub_timer)
+            tg.start_soon(self._signals)
+            for source in self.sources:
+                tg.start_soon(source.run, self)
+            self.log.info(
+                "listening",
+                host=self.config.host,
+                port=self.port,
+                tls=self.ssl_context is not None,
+                auth="disabled" if self.config.auth_disabled else "required",
+            )
+            task_status.started(self.port)
+            await self._stop.wait()
+            await self._shutdown()
+            tg.cancel_scope.cancel()
+        self.log.info("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def bind(self) -> socket.socket:
+        """Bind the listening socket (``OSError`` if the address is taken)."""
+        if self._listener is not None:
+            return self._listener
+        host = self.config.host
+        infos = socket.getaddrinfo(
+            host or None, self.config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(4096)
+        sock.setblocking(False)
+        self._listener = sock
+        self.port = sock.getsockname()[1]
+        return sock
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.log.info("signal received, shutting down", signal=signal.Signals(signum).name)
+                self.stop()
+                return
+
+    async def _shutdown(self) -> None:
+        """SIGTERM: stop accepting, close every WebSocket with 1001, flush."""
+        self._stopping = True
+        if self._listener is not None:
+            anyio.notify_closing(self._listener)
+            self._listener.close()
+        now = time.monotonic()
+        for peer in list(self.peers.values()):
+            peer.conn.close(CloseCode.GOING_AWAY, "server shutting down", now=now)
+            self._flush(peer)
+        with anyio.move_on_after(3.0):
+            while any(p.pending is not None or p.writing for p in self.peers.values()):
+                await anyio.sleep(0.02)
+        for peer in list(self.peers.values()):
+            self._wake_reader(peer)
+
+    async def _hub_timer(self) -> None:
+        """Evicts ended sessions when their time comes."""
+        hub = self.hub
+        while True:
+            deadline = hub.next_deadline()
+            now = time.monotonic()
+            delay = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
+            await anyio.sleep(delay)
+            hub.handle_timeout(time.monotonic())
+            self._flush_ready()
+
+    # --- accepting ------------------------------------------------------------
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        assert self._tg is not None
+        while not self._stopping:
+            try:
+                await anyio.wait_readable(listener)
+            except (anyio.ClosedResourceError, OSError):
+                return
+            for _ in range(256):
+                try:
+                    sock, address = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        self.log.error("accept failed: out of resources", error=str(exc))
+                        await anyio.sleep(0.1)
+                        break
+                    return
+                sock.setblocking(False)
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._tg.start_soon(self._handle, sock, _format_peer(address))
+
+    # --- one connection ---------------------------------------------------------
+
+    async def _handle(self, sock: socket.socket, peer_name: str) -> None:
+        self._next_id += 1
+        self.connections_total += 1
+        now, _ = _clock()
+        conn = Connection(self.hub, now=now, allowed_origins=self._allowed_origins)
+        peer = _Peer(sock, conn, peer_name, self._next_id)
+        self.peers[peer.id] = peer
+        try:
+            if self.ssl_context is not None:
+                await self._run_tls(peer)
+            else:
+                await self._run_plain(peer)
+        except Exception as exc:  # a bug must cost one connection, not the server
+            self.log.error("connection failed", id=peer.id, error=repr(exc))
+            conn.abort("internal error")
+        finally:
+            self.peers.pop(peer.id, None)
+            if not conn.closed:
+                conn.abort("connection task ended")
+            self._drain_events(peer)
+            if peer.stream is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await peer.stream.aclose()
+                    except Exception:
+                        pass
+            else:
+                try:
+                    anyio.notify_closing(sock)
+                except Exception:
+                    pass
+                sock.close()
+
+    async def _run_plain(self, peer: _Peer) -> None:
+        conn = peer.conn
+        sock = peer.sock
+        hub = self.hub
+        while not conn.closed:
+            client = conn.client
+            if (
+                client is not None
+                and hub.producers_paused
+                and client.grant is not None
+                and Role.PRODUCE in client.grant.roles
+            ):
+                await self._wait_resume(conn)
+            deadline = conn.next_deadline()
+            timeout = math.inf if deadline is None else deadline - time.monotonic()
+            data: bytes | None = None
+            if timeout > 0:
+                with anyio.move_on_after(timeout) as scope:
+                    peer.scope = scope
+                    try:
+                        await anyio.wait_readable(sock)
+                    except (anyio.ClosedResourceError, OSError):
+                        data = b""
+                peer.scope = None
+                if data is None and not scope.cancelled_caught:
+                    try:
+                        data = sock.recv(_RECV_SIZE)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        data = b""
+            now, wall = _clock()
+            if data is None:
+                if conn.closed or (self._stopping and not conn.closed and peer.pending is None):
+                    if self._stopping and not conn.closed:
+                        conn.abort("server shutting down")
+                    break
+                conn.handle_timeout(now=now, wall=wall)
+            else:
+                conn.receive_data(data, now=now, wall=wall)
+            self._after_input(peer)
+        # Give the last frames (a close, an HTTP response) a moment to leave.
+        if peer.pending is not None or peer.writing:
+            with anyio.move_on_after(1.0):
+                while peer.pending is not None or peer.writing:
+                    await anyio.sleep(0.01)
+
+    async def _wait_resume(self, conn: Connection) -> None:
+        with anyio.move_on_after(1.0):
+            while self.hub.producers_paused and not conn.closed:
+                if self._resume.is_set():
+                    self._resume = anyio.Event()
+                await self._resume.wait()
+
+    def _after_input(self, peer: _Peer) -> None:
+        self._drain_events(peer)
+        self._flush(peer)
+        self._flush_ready()
+
+    def _flush_ready(self) -> None:
+        for client in self.hub.take_ready():
+            owner = client.owner
+            if isinstance(owner, _Peer):
+                self._flush(owner)
+        if not self.hub.producers_paused and not self._resume.is_set():
+            self._resume.set()
+
+    def _flush(self, peer: _Peer) -> None:
+        """Write what the core queued for ``peer``: one send, no await."""
+        if peer.pending is not None or peer.writing:
+            return
+        if peer.stream is not None:
+            if peer.wake is not None:
+                peer.wake.set()
+            return
+        data = peer.conn.data_to_send()
+        if data:
+            try:
+                sent = peer.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                peer.conn.abort("write failed")
+                self._wake_reader(peer)
+                return
+            self.bytes_out += sent
+            if sent < len(data):
+                peer.pending = memoryview(data)[sent:]
+                peer.writing = True
+                assert self._tg is not None
+                self._tg.start_soon(self._writer, peer)
+                return
+        if peer.conn.closed:
+            self._wake_reader(peer)
+
+    async def _writer(self, peer: _Peer) -> None:
+        """A full socket: wait until writable, then keep draining the core."""
+        try:
+            while peer.pending is not None:
+                try:
+                    await anyio.wait_writable(peer.sock)
+                    sent = peer.sock.send(peer.pending)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except (OSError, anyio.ClosedResourceError):
+                    peer.pending = None
+                    peer.conn.abort("write failed")
+                    break
+                self.bytes_out += sent
+                if sent < len(peer.pending):
+                    peer.pending = peer.pending[sent:]
+                    continue
+                peer.pending = None
+                data = peer.conn.data_to_send()
+                if data:
+                    peer.pending = memoryview(data)
+        finally:
+            peer.writing = False
+        self._drain_events(peer)
+        if peer.conn.closed:
+            self._wake_reader(peer)
+        if not self.hub.producers_paused and not self._resume.is_set():
+            self._resume.set()
+
+    def _wake_reader(self, peer: _Peer) -> None:
+        if peer.scope is not None:
+            peer.scope.cancel()
+
+    # --- TLS: the stream path -------------------------------------------------
+
+    async def _run_tls(self, peer: _Peer) -> None:
+        assert self.ssl_context is not None
+        conn = peer.conn
+        with anyio.move_on_after(self.hub.limits.open_timeout):
+            raw = await anyio.abc.SocketStream.from_socket(peer.sock)
+            peer.stream = await TLSStream.wrap(
+                raw, server_side=True, ssl_context=self.ssl_context, standard_compatible=False
+            )
+        if peer.stream is None:
+            conn.abort("TLS handshake timed out")
+            return
+        peer.wake = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._tls_writer, peer)
+            stream = peer.stream
+            while not conn.closed:
+                deadline = conn.next_deadline()
+                timeout = math.inf if deadline is None else deadline - time.monotonic()
+                data: bytes | None = None
+                with anyio.move_on_after(max(timeout, 0)) as scope:
+                    peer.scope = scope
+                    try:
+                        data = await stream.receive(_RECV_SIZE)
+                    except (
+                        anyio.EndOfStream,
+                        anyio.BrokenResourceError,
+                        anyio.ClosedResourceError,
+                        ssl.SSLError,
+                        OSError,
+                    ):
+                        data = b""
+                peer.scope = None
+                now, wall = _clock()
+                if data is None:
+                    if self._stopping and conn.closed:
+                        break
+                    conn.handle_timeout(now=now, wall=wall)
+                else:
+                    conn.receive_data(data, now=now, wall=wall)
+                self._after_input(peer)
+            # Let the writer send the last frames, then stop it.
+            with anyio.move_on_after(1.0):
+                while peer.conn.client is not None and peer.conn.client.has_output:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    async def _tls_writer(self, peer: _Peer) -> None:
+        assert peer.stream is not None and peer.wake is not None
+        while True:
+            await peer.wake.wait()
+            peer.wake = anyio.Event()
+            data = peer.conn.data_to_send()
+            if data:
+                peer.writing = True
+                try:
+                    await peer.stream.send(data)
+                    self.bytes_out += len(data)
+                except (
+                    anyio.BrokenResourceError,
+                    anyio.ClosedResourceError,
+                    ssl.SSLError,
+                    OSError,
+                ):
+                    peer.conn.abort("write failed")
+                finally:
+                    peer.writing = False
+                self._drain_events(peer)
+            if peer.conn.closed:
+                self._wake_reader(peer)
+
+    # --- events: HTTP requests, opens, closes -------------------------------
+
+    def _drain_events(self, peer: _Peer) -> None:
+        conn = peer.conn
+        while (event := conn.next_event()) is not None:
+            if type(event) is HTTPRequest:
+                status, headers, body = self._http(event)
+                conn.send_response(status, headers, body)
+                self.log.debug(
+                    "http",
+                    id=peer.id,
+                    peer=peer.peer,
+                    method=event.method,
+                    path=event.path,
+                    status=status,
+                )
+            elif type(event) is WebSocketAccepted:
+                if conn.client is not None:
+                    conn.client.owner = peer
+                self.log.info(
+                    "connection open",
+                    id=peer.id,
+                    peer=peer.peer,
+                    path=event.path,
+                    authenticated=event.authenticated,
+                )
+            elif type(event) is ConnectionClosed:
+                if conn.client is not None or event.code >= 1000:
+                    self.log.info(
+                        "connection closed",
+                        id=peer.id,
+                        peer=peer.peer,
+                        code=event.code,
+                        reason=event.reason,
+                        by_peer=event.by_peer,
+                    )
+                else:
+                    self.log.debug(
+                        "request closed",
+                        id=peer.id,
+                        peer=peer.peer,
+                        status=event.code,
+                        reason=event.reason,
+                    )
+
+    # --- plain HTTP -----------------------------------------------------------
+
+    def _http(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
+        if request.method not in ("GET", "HEAD"):
+            return 405, [("Allow", "GET, HEAD")], b"method not allowed\n"
+        route = _ROUTES.get(request.path)
+        if route is not None:
+            status, headers, body = route(self, request)
+        elif request.path.startswith("/static/"):
+            status, headers, body = self._static(request.path[len("/static/") :])
+        else:
+            status, headers, body = 404, [], b"not found\n"
+        if request.method == "HEAD":
+            headers = [*headers, ("Content-Length", str(len(body)))]
+            body = b""
+        return status, headers, body
+
+    def _healthz(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
+        return 200, [], b"ok\n"
+
+    def _readyz(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
+        waiting = [s.name for s in self.sources if not s.ready]
+        if self._stopping:
+            return 503, [], b"shutting down\n"
+        if waiting:
+            return 503, [], ("not ready: " + ", ".join(waiting) + "\n").encode()
+        return 200, [], b"ready\n"
+
+    def _metrics(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
+        content_type, body = render_metrics(self)
+        return 200, [("Content-Type", content_type)], body
+
+    def _api_sessions(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
+        json_type = [("Content-Type", "application/json")]
+        authenticator = self.hub.authenticator
+        grant = None
+        if authenticator.required:
+            authorization = request.header("authorization") or ""
+            if authorization[:7].lower() != "bearer ":
+                return (
+                    401,
+                    [*json_type, ("WWW-Authenticate", "Bearer")],
+                    b'{"error":"UNAUTHORIZED","message":"missing Bearer token"}',
+                )
+            try:
+                grant = authenticator.authenticate(authorization[7:].strip(), wall=time.time())
+            except AuthError as exc:
+                self.hub.counters.auth_failures += 1
+                body = encode({"error": "UNAUTHORIZED", "message": f"authentication failed: {exc}"})
+                return 401, [*json_type, ("WWW-Authenticate", "Bearer")], body
+            if Role.VIEW not in grant.roles:
+                return 403, json_type, b'{"error":"UNAUTHORIZED","message":"token lacks view"}'
+        return 200, json_type, encode(Sessions(sessions=self.hub.list_sessions(grant)))
+
+    def _index(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
+        return self._static("index.html")
+
+    def _static(self, name: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        if "/" in name or name.startswith(".") or not name:
+            return 404, [], b"not found\n"
+        path = _STATIC / name
+        try:
+            body = path.read_bytes()
+        except OSError:
+            return 404, [], b"not found\n"
+        content_type = _CONTENT_TYPES.get(path.suffix, "application/octet-stream")
+        return (
+            200,
+            [
+                ("Content-Type", content_type),
+                ("Cache-Control", "no-cache"),
+                ("X-Content-Type-Options", "nosniff"),
+                (
+                    "Content-Security-Policy",
+                    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+                    "style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+                ),
+            ],
+            body,
+        )
+
+
+_Route = Callable[[Server, HTTPRequest], tuple[int, list[tuple[str, str]], bytes]]
+_ROUTES: dict[str, _Route] = {
+    "/healthz": Server._healthz,
+    "/readyz": Server._readyz,
+    "/metrics": Server._metrics,
+    "/api/sessions": Server._api_sessions,
+    "/": Server._index,
+    "/index.html": Server._index,
+}
+
+
+def _format_peer(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
