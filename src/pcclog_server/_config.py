@@ -392,3 +392,43 @@ def load_config(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return config
+
+
+def render_markdown() -> str:
+    """``docs/configuration.md``, generated from ``SETTINGS``.
+
+    Regenerate with ``.venv/bin/python -m pcclog_server._config > docs/configuration.md``;
+    ``tests/test_config.py`` fails when the page is stale.
+    """
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated from src/pcclog_server/_config.py by "
+        "`python -m pcclog_server._config`; do not edit by hand. -->",
+        "",
+        "Every setting is an environment variable and a `pcclog serve` flag; the flag wins.",
+        "Durations are milliseconds, sizes bytes. An invalid value stops the start with a",
+        "message naming the variable (exit code 2).",
+        "",
+        "With no `AUTH_TOKENS`, `AUTH_JWT_SECRET` or `AUTH_JWT_PUBLIC_KEY` and `AUTH_DISABLED`",
+        "not set, the server generates a token at start and prints it with a ready-to-paste",
+        "`pcclog tail` command.",
+        "",
+        "| variable | flag | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for setting in SETTINGS:
+        default = "unset" if setting.default is None else f"`{setting.default}`"
+        text = setting.help.replace("|", "\\|")
+        lines.append(f"| `{setting.env}` | `{setting.flag}` | {default} | {text} |")
+    lines += [
+        "",
+        "`pcclog serve --backend trio` (or `PCCLOG_BACKEND=trio`) runs on trio instead of",
+        "asyncio; uvloop is used with asyncio when it is installed.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")
