@@ -23,12 +23,12 @@ dev: $(STAMP)
 	HOST=$(HOST) PORT=$(PORT) LOG_LEVEL=debug $(BIN)/watchfiles --filter python '$(BIN)/pcclog serve' src
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks examples
+	$(BIN)/ruff check --fix src tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
