@@ -22,6 +22,7 @@ import dataclasses
 import enum
 import fnmatch
 import hmac
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -145,9 +146,13 @@ class Authenticator:
         """The grant of ``token`` at wall-clock time ``wall``, or ``AuthError``."""
         if self.disabled:
             return ALL_ACCESS
+        try:
+            candidate = token.encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (an embedder's str); PyJWT would raise it too.
+            raise AuthError("token is not valid UTF-8") from None
         if self._jwt_algorithms and token.count(".") == 2:
             return self._authenticate_jwt(token, wall)
-        candidate = token.encode()
         found: Grant | None = None
         for secret, grant in self._static:
             # No early exit: the time taken does not depend on which matched.
@@ -182,7 +187,7 @@ class Authenticator:
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or isinstance(exp, bool):
             raise AuthError("token exp claim is not a number")
-        if exp + self._leeway <= wall:
+        if math.isnan(exp) or exp + self._leeway <= wall:  # NaN would never expire
             raise AuthError("token has expired")
         nbf = claims.get("nbf")
         if nbf is not None:

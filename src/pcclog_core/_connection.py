@@ -209,6 +209,7 @@ class Connection:
         )
         self._ws: _WSConnection | None = None
         self._guard: _SizeGuard | None = None
+        self._head = bytearray()  # the first bytes of the request, to bound its head
         self._out: list[bytes] = []  # before the upgrade, and after the client is gone
         self._events: list[Event] = []
         self._parts: list[str] = []
@@ -337,15 +338,28 @@ class Connection:
         if not data:
             self._abort("peer closed during the request", by_peer=True)
             return
+        limit = self.hub.limits.max_head_bytes
+        if len(self._head) <= limit + 4:
+            self._head += data[: limit + 4 - len(self._head) + 1]
         conn.receive_data(data)
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint in _REASONS else 400
-            self._refuse(status, f"malformed request: {exc}")
+            # h11's text quotes the offending bytes; keep only what it found wrong.
+            self._refuse(status, f"malformed request: {str(exc).split(':')[0]}")
             return
         if event is h11.NEED_DATA:
+            if len(self._head) > limit + 4 and b"\r\n\r\n" not in self._head:
+                self._refuse(431, f"request head exceeds {limit} bytes")
             return
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0 or end > limit:
+            # h11 only bounds a head that arrives in pieces; this bounds one
+            # that arrives whole.
+            self._refuse(431, f"request head exceeds {limit} bytes")
+            return
+        self._head = bytearray()
         if not isinstance(event, h11.Request):
             self._refuse(400, "malformed request")
             return

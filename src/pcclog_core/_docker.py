@@ -42,7 +42,8 @@ START                 anything else (TTY: ``Error ...`` line)         error (TTY
 CONTENT               bytes up to ``\\n``: the line is complete         START
 CONTENT               frame ends without ``\\n`` (TTY: 16 KiB piece)    SEAM
 SEAM                  ``timestamp SP``: continuation, stamp dropped   CONTENT
-SEAM                  anything else: the frame split inside a record  CONTENT
+SEAM                  anything else, or a frame ends first: text of   CONTENT
+                      a record framed in several frames
 DAEMON                bytes up to ``\\n``: reported by daemon_errors()  START
 ====================  ==============================================  ==========
 
@@ -370,13 +371,20 @@ class _Assembler:
         """A multiplexed frame (one engine record) ended."""
         if self._state == _CONTENT:
             self._state = _SEAM
+        elif self._state == _SEAM and self._head:
+            # The engine writes a record's timestamp, space and bytes with one
+            # Write, so in one frame: a whole frame that is neither a timestamp
+            # nor a line end is text of a record framed in several frames.
+            head = self._head
+            self._head = b""
+            self._append(head, 0, len(head))
 
     def finish(self) -> None:
         """EOF: flush the trailing partial line, if any."""
         state = self._state
         if state == _SEAM and self._head.strip(_TS_ALPHABET):
-            # Not the beginning of a continuation timestamp: the body was
-            # framed inside a record, these bytes are text.
+            # Not the beginning of a continuation timestamp (the body ended in
+            # its middle): these bytes are text.
             self._append(self._head, 0, len(self._head))
         self._head = b""
         if state in (_CONTENT, _SEAM):
@@ -723,9 +731,9 @@ class DockerStreamDecoder:
 
     def _finish(self) -> None:
         self._eof = True
-        if self._remaining:  # the body ended inside a frame
-            self._remaining = 0
-            self._target.end_frame()
+        # A body that ends inside a frame: what arrived is flushed below, a
+        # partial timestamp is dropped (see _Assembler.finish).
+        self._remaining = 0
         self._header = b""  # a partial header carries nothing
         stdout, _, stderr = self._assemblers
         stdout.finish()

@@ -333,6 +333,29 @@ class Server:
             with anyio.move_on_after(1.0):
                 while peer.pending is not None or peer.writing:
                     await anyio.sleep(0.01)
+        await self._linger(sock)
+
+    async def _linger(self, sock: socket.socket) -> None:
+        """Half-close, then read and discard briefly before closing: closing
+        with unread input makes the kernel send a reset, which can destroy
+        the response or close frame we just wrote (RFC 7230 §6.6)."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        budget = 262_144
+        with anyio.move_on_after(0.5):
+            while budget > 0:
+                try:
+                    await anyio.wait_readable(sock)
+                    chunk = sock.recv(65_536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except (OSError, anyio.ClosedResourceError):
+                    return
+                if not chunk:
+                    return
+                budget -= len(chunk)
 
     async def _wait_resume(self, conn: Connection) -> None:
         with anyio.move_on_after(1.0):
