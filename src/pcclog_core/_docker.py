@@ -27,25 +27,25 @@ What the engine sends (moby ``api/server/httputils/write_log_stream.go``,
   (``defaultBufSize``) arrive without one, logs those bytes as a *partial*
   record. A record that ends in ``\\n`` completes a line; one that does not is
   continued by the next record of the same stream, which carries its own
-  timestamp prefix (since moby 18.06 the same value as the first piece's,
-  older engines stamped each piece). The last bytes a container writes before
-  closing its stdout are also logged as a partial record without ``\\n``.
+  timestamp prefix (current moby copiers give every piece the first piece's
+  value, ``partialTS``; older ones stamped each piece). The last bytes a
+  container writes before closing its stdout are also logged as a partial
+  record without ``\\n``.
 
 Per stream, the decoder runs this small state machine over the stream's bytes
-(one :class:`_Assembler` per stream; frames only tell it where a record ends):
+(one :class:`_Assembler` per stream; frames only tell it where a record ends)::
 
-====================  ==============================================  ==========
-state                 input                                           next state
-====================  ==============================================  ==========
-START                 ``timestamp SP``                                CONTENT
-START                 anything else (TTY: ``Error ...`` line)         error (TTY: DAEMON)
-CONTENT               bytes up to ``\\n``: the line is complete         START
-CONTENT               frame ends without ``\\n`` (TTY: 16 KiB piece)    SEAM
-SEAM                  ``timestamp SP``: continuation, stamp dropped   CONTENT
-SEAM                  anything else, or a frame ends first: text of   CONTENT
-                      a record framed in several frames
-DAEMON                bytes up to ``\\n``: reported by daemon_errors()  START
-====================  ==============================================  ==========
+    state    input                                          next state
+    -------  ---------------------------------------------  ----------------
+    START    "timestamp SP"                                 CONTENT
+    START    anything else                                  DockerStreamError
+    START    TTY only: "Error ..." (in-band engine error)   DAEMON
+    CONTENT  bytes up to LF: the line is complete           START
+    CONTENT  the frame ends (TTY: a full 16 KiB piece)      SEAM
+    SEAM     "timestamp SP": a continuation, stamp dropped  CONTENT
+    SEAM     anything else, or the frame ends first: text   CONTENT
+             of one record framed in several frames
+    DAEMON   bytes up to LF: to daemon_errors()             START
 
 A TTY stream has no frames, so the end of a 16 KiB piece is recognised by
 position: after ``tty_piece_bytes`` bytes of content without ``\\n`` the decoder
