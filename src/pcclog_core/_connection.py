@@ -145,6 +145,10 @@ class _SizeGuard(Extension):
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        # Lengths of the current message's *completed* frames: wsproto calls
+        # ``frame_inbound_header`` again for the same frame each time it
+        # retries a header that arrived in pieces (the mask key trickling
+        # in), so a frame is added to the total only once it is complete.
         self.total = 0
         self.exceeded = False
 
@@ -164,11 +168,18 @@ class _SizeGuard(Extension):
         if not opcode.iscontrol():
             if opcode is not Opcode.CONTINUATION:
                 self.total = 0
-            self.total += payload_length
-            if self.total > self.limit:
+            if self.total + payload_length > self.limit:
                 self.exceeded = True
                 return CloseReason.MESSAGE_TOO_BIG
         return RsvBits(False, False, False)
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        header = proto.header if isinstance(proto, FrameDecoder) else None
+        if header is not None and not header.opcode.iscontrol():
+            self.total += header.payload_len
+        return None
 
 
 _REASONS = {
@@ -220,6 +231,8 @@ class Connection:
         self._ping_payload = b""
         self._pings = 0
         self._closed_reported = False
+        # A response to HEAD carries no body (RFC 9110 §9.3.2).
+        self._head_request = False
 
     # --- runtime API ----------------------------------------------------------
 
@@ -228,6 +241,12 @@ class Connection:
         """The runtime closes the socket once this is true and
         ``data_to_send()`` is empty."""
         return self.state is ConnectionState.CLOSED
+
+    @property
+    def has_output(self) -> bool:
+        """Bytes are waiting for ``data_to_send()``."""
+        client = self.client
+        return bool(self._out) or (client is not None and client.has_output)
 
     def receive_data(self, data: bytes, *, now: float, wall: float) -> None:
         """Feed bytes from the socket; ``b""`` means EOF."""
@@ -363,6 +382,7 @@ class Connection:
         if not isinstance(event, h11.Request):
             self._refuse(400, "malformed request")
             return
+        self._head_request = event.method == b"HEAD"
         if len(event.headers) > self.hub.limits.max_headers:
             self._refuse(431, f"more than {self.hub.limits.max_headers} header fields")
             return
@@ -492,8 +512,12 @@ class Connection:
             head.append(f"{name}: {value}")
         if "content-type" not in names:
             head.append("Content-Type: text/plain; charset=utf-8")
-        head.append(f"Content-Length: {len(body)}")
+        if "content-length" not in names:
+            # The runtime may set it itself (a HEAD answer); never twice.
+            head.append(f"Content-Length: {len(body)}")
         head.append("Connection: close")
+        if self._head_request:
+            body = b""
         self._out.append(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
         self._h11 = None
         self._transition(_Input.RESPONDED)

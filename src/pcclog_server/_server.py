@@ -211,7 +211,10 @@ class Server:
             peer.conn.close(CloseCode.GOING_AWAY, "server shutting down", now=now)
             self._flush(peer)
         with anyio.move_on_after(3.0):
-            while any(p.pending is not None or p.writing for p in self.peers.values()):
+            while any(
+                p.pending is not None or p.writing or (p.stream is not None and p.conn.has_output)
+                for p in self.peers.values()
+            ):
                 await anyio.sleep(0.02)
         for peer in list(self.peers.values()):
             self._wake_reader(peer)
@@ -482,7 +485,9 @@ class Server:
                 self._after_input(peer)
             # Let the writer send the last frames, then stop it.
             with anyio.move_on_after(1.0):
-                while peer.conn.client is not None and peer.conn.client.has_output:
+                while peer.writing or peer.conn.has_output:
+                    if peer.wake is not None:
+                        peer.wake.set()
                     await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
 
