@@ -31,6 +31,7 @@
     emerg: 'fatal', emergency: 'fatal', alert: 'fatal', notice: 'info',
     information: 'info', informational: 'info', verbose: 'debug', dbg: 'debug', trc: 'trace',
   };
+  const LEVEL_LABEL = { trace: 'TRACE', debug: 'DEBUG', info: 'INFO ', warn: 'WARN ', error: 'ERROR', fatal: 'FATAL' };
   const PINO_LEVELS = { 10: 'trace', 20: 'debug', 30: 'info', 40: 'warn', 50: 'error', 60: 'fatal' };
   const BUFFER_MAX = 5000;          // entries kept per session (download source)
   const ROWS_MAX = 1000;            // DOM rows per following pane
@@ -45,6 +46,9 @@
   const PING_TIMEOUT_MS = 10000;
   const MSG_DISPLAY_MAX = 8000;     // characters of a message shown in a row (copy/download keep all)
   const DATA_DISPLAY_MAX = 2000;
+  const CHUNK = 50;
+  const MAX_FRAME_GAP_MS = 200;
+  const FOLLOW_BATCH_MAX = 150;     // rows drawn per pane per frame while following                 // rows per content-visibility chunk
   const MAX_MARKS = 200;
   const TOKEN_KEY = 'pcclog.token';
   const THEME_KEY = 'pcclog.theme';
@@ -144,6 +148,7 @@
   };
 
   function entryLine(e) {
+    if (e.kind === 'note') return '--- ' + e.text + ' ---';
     if (e.kind === 'gap') return '--- ' + gapText(e) + ' [seq ' + e.fromSeq + '..' + e.toSeq + '] ---';
     if (e.kind === 'status') {
       return (e.timestamp || '') + ' STATUS ' + statusLabel(e.status, e.metadata) +
@@ -364,16 +369,17 @@
     conn.lastRx = now;
     conn.pingSentAt = 0;
     conn.resume = sessions.size > 0;
+    conn.subscribed = !conn.resume;
     setConnState('reconnecting', 'authenticating…');
     send({ type: 'auth', token });
-    send({ type: 'list' });
     if (!conn.resume) {
-      conn.subscribed = true;
+      send({ type: 'list' });
       send({ type: 'subscribe', sessionId: '*', tail: INITIAL_TAIL });
     } else {
       // Wait for the `sessions` reply so each known session can resume with
       // `since` before the wildcard covers it; fall back after a while.
       conn.listTimer = setTimeout(() => resubscribe(null), LIST_WAIT_MS);
+      send({ type: 'list' });
     }
   }
 
@@ -493,6 +499,7 @@
   // ---------------------------------------------------------------- messages
   function onRaw(raw) {
     conn.lastRx = Date.now();
+    stats.messages++;
     if (typeof raw !== 'string') return;
     let m;
     try { m = JSON.parse(raw); } catch { return; }
@@ -521,7 +528,7 @@
       if (s) { s.gone = true; markDirty(s); }
       return;   // the server keeps the subscription pending; nothing to tell the user
     }
-    if (!conn.subscribed && !sid) resubscribe(null);   // e.g. a server without `list`
+    if (conn.resume && !conn.subscribed && !sid) resubscribe(null);   // e.g. a server without `list`
     toast(code + (sid ? ' [' + sid + ']' : '') + ': ' + (m.message || ''), 'error');
   }
 
@@ -534,14 +541,17 @@
       const s = ensureSession(info.sessionId);
       if (typeof info.status === 'string') s.status = info.status;
       if (info.metadata && typeof info.metadata === 'object') s.metadata = info.metadata;
-      if (typeof info.lastSeq === 'number') s.serverLastSeq = info.lastSeq;
+      if (typeof info.lastSeq === 'number') {
+        s.serverLastSeq = info.lastSeq;
+        if (info.lastSeq < s.lastSeq) resetSeq(s, 'the server has fewer entries than this page saw (restarted?)');
+      }
       s.gone = false;
       markDirty(s);
     }
     for (const s of sessions.values()) {
       if (!listed.has(s.id) && !s.gone) { s.gone = true; markDirty(s); }
     }
-    if (!conn.subscribed) resubscribe(listed);
+    if (conn.resume && !conn.subscribed) resubscribe(listed);
   }
 
   function newSession(id) {
@@ -562,14 +572,24 @@
     return s;
   }
 
+  const skew = { cur: Infinity, prev: Infinity, since: Date.now() };   // min(arrival - timestamp) per 30 s window
+
   function acceptSeq(s, seq) {
     if (typeof seq !== 'number') return true;
+    if (seq === 1 && s.lastSeq >= 1) resetSeq(s, 'the session started again on the server');
     if (seq <= s.lastSeq) return false;                      // duplicate (resume overlap)
     if (s.lastSeq > 0 && seq > s.lastSeq + 1) {              // hole nobody announced
       pushEntry(s, { kind: 'gap', fromSeq: s.lastSeq + 1, toSeq: seq - 1, count: seq - 1 - s.lastSeq, reason: 'not received', synthetic: true });
     }
     s.lastSeq = seq;
     return true;
+  }
+
+  // The server lost this session's history (restart, or the id was evicted
+  // and reused): seq numbers start again, so forget ours and mark the spot.
+  function resetSeq(s, why) {
+    s.lastSeq = 0;
+    pushEntry(s, { kind: 'note', text: 'sequence restarted: ' + why });
   }
 
   function onLog(m) {
@@ -583,8 +603,16 @@
     s.lines++;
     if (m._lv >= LEVEL_NUM.error) s.errors++;
     const now = Date.now();
-    let t = Date.parse(m.timestamp);
-    if (!(t === t) || t > now) t = now;
+    const ts = Date.parse(m.timestamp);
+    let t = now;
+    if (ts === ts) {
+      // Server time -> this browser's clock, so "time since last output" is
+      // right even if the two clocks disagree (replayed lines keep their age).
+      const d = now - ts;
+      if (d < skew.cur) skew.cur = d;
+      if (now - skew.since > 30000) { skew.prev = skew.cur; skew.cur = d; skew.since = now; }
+      t = Math.min(now, ts + Math.min(skew.cur, skew.prev));
+    }
     if (t > s.lastOutput) s.lastOutput = t;
     pushEntry(s, m);
     markDirty(s);
@@ -596,6 +624,7 @@
     if (typeof m.seq === 'number') {
       if (!acceptSeq(s, m.seq)) return;
       m.kind = 'status';
+      if (typeof m.timestamp !== 'string') m.timestamp = new Date().toISOString();   // status entries carry no time; use arrival
       pushEntry(s, m);
     }
     if (typeof m.status === 'string') s.status = m.status;
@@ -660,7 +689,8 @@
     btn.dataset.status = s.status;
     btn.addEventListener('click', () => togglePane(s.id));
     const li = h('li', { class: 'session-li' }, btn);
-    s.item = { li, btn, badge, lines, errors, ago, agoText: '', label: '' };
+    s.item = { li, btn, badge, lines, errors, ago, agoText: '', linesText: '', errorsText: '', label: '' };
+    renderCounts(s);
     // keep the list sorted by id (natural order)
     let before = null;
     for (const child of listEl.children) {
@@ -671,41 +701,51 @@
     noSessionsEl.hidden = true;
   }
 
-  function renderItem(s) {
+  // Status (badge, data-status) is rendered on the next frame; counts and
+  // "time since last output" at most once a second: a text change in the
+  // sidebar or a pane header re-lays out the pane grid, so it is kept rare.
+  function renderStatus(s) {
     const it = s.item;
-    if (!it) return;
-    const label = statusLabel(s.status, s.metadata) + (s.gone ? ' · ended' : '');
-    if (it.btn.dataset.status !== s.status) it.btn.dataset.status = s.status;
-    if (it.label !== label) {
-      it.label = label;
-      it.badge.textContent = statusLabel(s.status, s.metadata);
-      it.badge.dataset.status = s.status;
-      it.btn.classList.toggle('gone', s.gone);
-      it.btn.setAttribute('aria-label', s.id + ', ' + label + (panes.has(s.id) ? ', pane open' : ''));
+    const label = statusLabel(s.status, s.metadata);
+    if (it) {
+      const full = label + (s.gone ? ' · ended' : '') + (panes.has(s.id) ? ', pane open' : '');
+      if (it.btn.dataset.status !== s.status) it.btn.dataset.status = s.status;
+      if (it.label !== full) {
+        it.label = full;
+        if (it.badge.textContent !== label) it.badge.textContent = label;
+        it.badge.dataset.status = s.status;
+        it.btn.classList.toggle('gone', s.gone);
+        it.btn.setAttribute('aria-label', s.id + ', ' + full);
+      }
     }
-    it.lines.textContent = plural(s.lines, 'line', 'lines');
-    it.errors.textContent = plural(s.errors, 'error', 'errors');
-    it.errors.classList.toggle('has-errors', s.errors > 0);
-    renderAgo(s);
     const p = panes.get(s.id);
-    if (p) p.renderHeader();
+    if (p) p.renderStatus();
   }
 
-  function renderAgo(s) {
+  function renderCounts(s) {
     const it = s.item;
-    if (!it) return;
-    const t = fmtAgo(s.lastOutput);
-    if (it.agoText !== t) {
-      it.agoText = t;
-      it.ago.textContent = t;
+    if (it) {
+      const lines = plural(s.lines, 'line', 'lines');
+      const errors = plural(s.errors, 'error', 'errors');
+      const ago = fmtAgo(s.lastOutput);
+      if (it.linesText !== lines) { it.linesText = lines; it.lines.textContent = lines; }
+      if (it.errorsText !== errors) {
+        it.errorsText = errors;
+        it.errors.textContent = errors;
+        it.errors.classList.toggle('has-errors', s.errors > 0);
+      }
+      if (it.agoText !== ago) { it.agoText = ago; it.ago.textContent = ago; }
     }
+    const p = panes.get(s.id);
+    if (p) p.renderMeta();
   }
 
   function updateSummary() {
     let running = 0;
     for (const s of sessions.values()) if (s.status === 'running') running++;
-    summaryEl.textContent = sessions.size ? '(' + sessions.size + ', ' + running + ' running)' : '';
-    noSessionsEl.hidden = sessions.size > 0;
+    const text = sessions.size ? '(' + sessions.size + ', ' + running + ' running)' : '';
+    if (summaryEl.textContent !== text) summaryEl.textContent = text;
+    if (noSessionsEl.hidden !== sessions.size > 0) noSessionsEl.hidden = sessions.size > 0;
   }
 
   function applyFilterTo(li, id) {
@@ -739,6 +779,9 @@
       this.pending = [];
       this.full = true;
       this.frozen = false;
+      this.sparse = false;      // some pending lines were skipped while following (overload)
+      this.keepOffset = null;   // after a re-render, keep this distance from the end
+      this.settle = 0;          // frames left to re-scroll to the end after a re-render
       this.follow = true;
       this.needScroll = true;
       this.newWhilePaused = 0;
@@ -819,7 +862,10 @@
           h('span', { class: 'search-wrap' }, this.searchEl,
             h('label', { class: 'regex-label', title: 'Regular expression' }, this.regexBox, h('span', { 'aria-hidden': 'true', text: '.*' }))),
           this.followBtn, dlBtn, this.searchErr),
-        this.logEl);
+        // The log is absolutely positioned inside a wrapper that takes the
+        // pane's remaining height: appending rows then never re-lays out the
+        // pane, the grid or the other panes (the wrapper is a layout boundary).
+        h('div', { class: 'log-wrap' }, this.logEl));
       this.el.dataset.sessionId = s.id;
       this.el.dataset.following = 'true';
 
@@ -833,7 +879,7 @@
       lg.addEventListener('scroll', () => this.onScroll(), { passive: true });
       lg.addEventListener('mouseover', (e) => {
         const row = e.target.closest && e.target.closest('.row-log');
-        if (row && row.parentNode === lg && this.copyBtn.parentNode !== row) row.append(this.copyBtn);
+        if (row && lg.contains(row) && this.copyBtn.parentNode !== row) row.append(this.copyBtn);
       });
       lg.addEventListener('focusin', (e) => {
         const row = e.target;
@@ -846,19 +892,31 @@
 
     destroy() { this.el.remove(); }
 
-    renderHeader() {
+    renderStatus() {
       const s = this.session;
-      const label = statusLabel(s.status, s.metadata) + (s.gone ? ' · ended' : '');
-      if (this.badge.dataset.status !== s.status || this.badgeLabel !== label) {
-        this.badgeLabel = label;
-        this.badge.textContent = statusLabel(s.status, s.metadata);
+      const label = statusLabel(s.status, s.metadata);
+      if (this.badge.dataset.status !== s.status || this.badge.textContent !== label) {
+        this.badge.textContent = label;
         this.badge.dataset.status = s.status;
         this.el.dataset.status = s.status;
       }
+    }
+
+    renderMeta() {
+      const s = this.session;
       const text = plural(s.lines, 'line', 'lines') + ' · ' + plural(s.errors, 'error', 'errors') + ' · ' + fmtAgo(s.lastOutput);
       if (text !== this.headerText) { this.headerText = text; this.meta.textContent = text; }
+      this.renderFollow();
+    }
+
+    renderFollow() {
       const ft = this.follow ? 'Following' : 'Paused' + (this.newWhilePaused ? ' · ' + this.newWhilePaused + ' new' : '');
       if (ft !== this.followText) { this.followText = ft; this.followBtn.textContent = ft; }
+    }
+
+    renderHeader() {
+      this.renderStatus();
+      this.renderMeta();
     }
 
     applySearch() {
@@ -897,10 +955,7 @@
     }
 
     enqueue(e) {
-      if (!this.follow && e.kind === 'log') {
-        this.newWhilePaused++;
-        dirtySessions.add(this.session);
-      }
+      if (!this.follow && e.kind === 'log') this.newWhilePaused++;
       if (this.full || this.frozen) return;
       this.pending.push(e);
       if (this.pending.length > PAUSED_ROWS_MAX) {
@@ -917,7 +972,9 @@
       scheduleFrame();
     }
 
-    /** Writes this pane's DOM for the frame; returns true if it must scroll to the end. */
+    /** Writes this pane's DOM for the frame; returns true if it must scroll to the end.
+     *  Rows live in chunks of CHUNK rows with `content-visibility: auto`, so a
+     *  layout only walks the chunks on screen, not every row of the pane. */
     flush() {
       const lg = this.logEl;
       if (this.full) {
@@ -930,46 +987,94 @@
           if (this.matches(ents[i])) pick.push(ents[i]);
         }
         const frag = document.createDocumentFragment();
-        for (let i = pick.length - 1; i >= 0; i--) frag.append(this.renderRow(pick[i]));
+        let chunk = null;
+        for (let i = pick.length - 1; i >= 0; i--) {
+          if (!chunk || chunk._n >= CHUNK) { chunk = newChunk(); frag.append(chunk); }
+          chunk.append(this.renderRow(pick[i]));
+          chunk._n++;
+        }
         lg.replaceChildren(frag);
         this.rows = pick.length;
+        this.sparse = false;
+        // Off-screen chunks start with an estimated height; once the end is
+        // drawn the real heights replace it, so scroll to the end again for
+        // a few frames.
+        this.settle = 3;
         lg.dataset.empty = this.re || this.minLevel ? 'No matching lines.' : 'No log lines yet.';
         this.needScroll = false;
         return true;
       }
-      let scroll = this.needScroll && this.follow;
+      let scroll = (this.needScroll || this.settle > 0) && this.follow;
       this.needScroll = false;
+      if (this.settle > 0) { this.settle--; scheduleFrame(); }
       const pend = this.pending;
       if (!pend.length || this.frozen) { pend.length = 0; return scroll; }
       this.pending = [];
       let start = 0;
-      if (this.follow && pend.length > ROWS_MAX) start = pend.length - ROWS_MAX;
-      const frag = document.createDocumentFragment();
+      if (this.follow && pend.length > FOLLOW_BATCH_MAX) {
+        // Overload valve: lines arrive faster than frames; while following
+        // only the newest are drawn. Pausing re-renders the buffer in full.
+        start = pend.length - FOLLOW_BATCH_MAX;
+        for (let i = 0; i < start && !this.sparse; i++) if (this.matches(pend[i])) this.sparse = true;
+      }
+      let chunk = lg.lastElementChild;
+      let chunkFrag = null;          // rows for the chunk already in the DOM
+      let newChunks = null;          // chunks created this frame
       let added = 0;
       for (let i = start; i < pend.length; i++) {
         const e = pend[i];
         if (!this.matches(e)) continue;
         if (!this.follow && this.rows + added >= PAUSED_ROWS_MAX) { this.frozen = true; break; }
-        frag.append(this.renderRow(e));
+        if (!chunk || chunk._n >= CHUNK) {
+          chunk = newChunk();
+          if (!newChunks) newChunks = document.createDocumentFragment();
+          newChunks.append(chunk);
+        }
+        const row = this.renderRow(e);
+        if (chunk.isConnected) {
+          if (!chunkFrag) chunkFrag = document.createDocumentFragment();
+          chunkFrag.append(row);
+        } else chunk.append(row);
+        chunk._n++;
         added++;
       }
+      if (chunkFrag) lg.lastElementChild.append(chunkFrag);
+      if (newChunks) lg.append(newChunks);
       if (added) {
-        lg.append(frag);
         this.rows += added;
         if (this.follow) scroll = true;
       }
       if (this.follow && this.rows > ROWS_MAX) {
-        const excess = this.rows - ROWS_MAX;
-        const r = document.createRange();
-        r.setStart(lg, 0);
-        r.setEnd(lg, excess);
-        r.deleteContents();
+        let excess = this.rows - ROWS_MAX;
         this.rows = ROWS_MAX;
+        while (excess > 0) {
+          const first = lg.firstElementChild;
+          if (!first) break;
+          if (first._n <= excess) {
+            excess -= first._n;
+            first.remove();
+          } else {
+            const r = document.createRange();
+            r.setStart(first, 0);
+            r.setEnd(first, excess);
+            r.deleteContents();
+            first._n -= excess;
+            excess = 0;
+          }
+        }
       }
       return scroll;
     }
 
     renderRow(e) {
+      if (e.kind === 'note') {
+        const row = document.createElement('div');
+        row.className = 'row row-gap row-note';
+        row.setAttribute('data-testid', 'note-row');
+        row.setAttribute('role', 'separator');
+        row.textContent = e.text;
+        return row;
+      }
       if (e.kind === 'gap') {
         const row = document.createElement('div');
         row.className = 'row row-gap';
@@ -993,10 +1098,13 @@
         const ts = document.createElement('span');
         ts.className = 'ts';
         ts.textContent = fmtTime(e.timestamp);
+        const lv = document.createElement('span');
+        lv.className = 'lv';
+        lv.textContent = 'STATE';
         const body = document.createElement('span');
         body.className = 'body';
         body.textContent = 'status → ' + statusLabel(e.status, e.metadata);
-        row.append(ts, ' ', body);
+        row.append(ts, ' ', lv, ' ', body);
         return row;
       }
       const row = document.createElement('div');
@@ -1011,7 +1119,7 @@
       ts.textContent = fmtTime(e.timestamp);
       const lv = document.createElement('span');
       lv.className = 'lv';
-      lv.textContent = e.level.toUpperCase();
+      lv.textContent = LEVEL_LABEL[e.level] || e.level.toUpperCase().slice(0, 5).padEnd(5);
       const body = document.createElement('span');
       body.className = 'body';
       const msg = e.message.length > MSG_DISPLAY_MAX ? e.message.slice(0, MSG_DISPLAY_MAX) + ' …[' + (e.message.length - MSG_DISPLAY_MAX) + ' more chars]' : e.message;
@@ -1030,6 +1138,14 @@
     setFollow(on) {
       if (this.follow === on) return;
       this.follow = on;
+      if (!on && this.sparse) {
+        // Some lines were skipped while following fast: draw the whole
+        // buffer, keeping the reader's distance from the end.
+        const lg = this.logEl;
+        this.keepOffset = Math.max(0, lg.scrollHeight - lg.scrollTop - lg.clientHeight);
+        this.full = true;
+        scheduleFrame();
+      }
       this.followBtn.setAttribute('aria-pressed', on ? 'true' : 'false');
       this.el.dataset.following = on ? 'true' : 'false';
       this.followBtn.classList.toggle('paused', !on);
@@ -1053,12 +1169,9 @@
       const row = e.target !== lg && e.target.closest ? e.target.closest('.row') : null;
       if (e.key === 'ArrowUp' || e.key === 'ArrowDown') {
         e.preventDefault();
-        let next;
-        if (row) next = e.key === 'ArrowUp' ? row.previousElementSibling : row.nextElementSibling;
-        else next = lg.lastElementChild;
-        while (next && !next.classList.contains('row-log')) {
-          next = e.key === 'ArrowUp' ? next.previousElementSibling : next.nextElementSibling;
-        }
+        const up = e.key === 'ArrowUp';
+        let next = row ? siblingRow(row, up) : (lg.lastElementChild && lg.lastElementChild.lastElementChild);
+        while (next && !next.classList.contains('row-log')) next = siblingRow(next, up);
         if (next) {
           if (this.follow) this.setFollow(false);
           next.focus();
@@ -1079,6 +1192,27 @@
       toast(ok ? 'Line copied.' : 'Copy failed: the browser refused clipboard access.', ok ? 'info' : 'error');
       setTimeout(() => this.copyBtn.classList.remove('copied'), 1200);
     }
+  }
+
+  function newChunk() {
+    const c = document.createElement('div');
+    c.className = 'chunk';
+    c._n = 0;
+    return c;
+  }
+
+  // Row navigation across chunks.
+  function siblingRow(row, up) {
+    let el = up ? row.previousElementSibling : row.nextElementSibling;
+    if (!el) {
+      const chunk = row.parentNode;
+      const other = chunk && (up ? chunk.previousElementSibling : chunk.nextElementSibling);
+      el = other ? (up ? other.lastElementChild : other.firstElementChild) : null;
+    }
+    while (el && !(el.classList && el.classList.contains('row'))) {
+      el = up ? el.previousElementSibling : el.nextElementSibling;
+    }
+    return el;
   }
 
   function appendMarked(parent, text, reG) {
@@ -1147,7 +1281,7 @@
       p.el.classList.toggle('maximized', on);
       p.maxBtn.setAttribute('aria-pressed', on ? 'true' : 'false');
       p.maxBtn.setAttribute('aria-label', (on ? 'Leave full screen ' : 'Full screen ') + p.id);
-      p.needScroll = true;
+      p.settle = 3;
     }
     panesEl.classList.toggle('has-max', maximizedId !== null);
     document.documentElement.classList.toggle('pane-maximized', maximizedId !== null);
@@ -1181,33 +1315,56 @@
     panesEl.style.setProperty('--cols', String(cols));
     panesEl.style.setProperty('--rows', String(rows));
     panesEl.dataset.count = String(n);
-    for (const p of panes.values()) p.needScroll = true;
+    for (const p of panes.values()) p.settle = 3;
     scheduleFrame();
   }
   let resizeTimer = 0;
   window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(layoutPanes, 100); });
 
   // ---------------------------------------------------------------- frame loop
+  // DOM work runs at most once per animation frame, and is spaced out when
+  // it gets expensive: after a frame whose writes + layout took C ms the next
+  // one waits ~2C (capped), so rendering never takes more than about a third
+  // of the main thread however fast lines arrive.
+  const stats = { frames: 0, frameMs: 0, frameMaxMs: 0, messages: 0 };
+  let nextFrameAt = 0;
+  let frameTimer = 0;
   function scheduleFrame() {
-    if (!rafId) rafId = requestAnimationFrame(frame);
+    if (rafId || frameTimer) return;
+    const wait = nextFrameAt - performance.now();
+    if (wait > 4) {
+      frameTimer = setTimeout(() => { frameTimer = 0; rafId = requestAnimationFrame(frame); }, wait);
+    } else rafId = requestAnimationFrame(frame);
   }
 
   function frame() {
     rafId = 0;
+    const t0 = performance.now();
     const scroll = [];
     for (const p of panes.values()) if (p.flush()) scroll.push(p);
-    let summary = false;
-    for (const s of dirtySessions) { renderItem(s); summary = true; }
-    dirtySessions.clear();
-    if (summary) updateSummary();
+    if (dirtySessions.size) {
+      for (const s of dirtySessions) renderStatus(s);
+      dirtySessions.clear();
+      updateSummary();
+    }
     // All writes are done; scroll last so layout is computed once.
-    for (const p of scroll) p.logEl.scrollTop = p.logEl.scrollHeight;
+    for (const p of scroll) {
+      const lg = p.logEl;
+      if (p.keepOffset != null) {
+        lg.scrollTop = lg.scrollHeight - lg.clientHeight - p.keepOffset;
+        p.keepOffset = null;
+      } else lg.scrollTop = lg.scrollHeight;
+    }
+    const cost = performance.now() - t0;
+    nextFrameAt = t0 + Math.min(MAX_FRAME_GAP_MS, cost * 3);
+    stats.frames++;
+    stats.frameMs += cost;
+    if (cost > stats.frameMaxMs) stats.frameMaxMs = cost;
   }
 
   // Time since last output, once a second.
   setInterval(() => {
-    for (const s of sessions.values()) renderAgo(s);
-    for (const p of panes.values()) p.renderHeader();
+    for (const s of sessions.values()) renderCounts(s);
     if (conn.state === 'reconnecting' && conn.timer) updateRetryDetail();
   }, 1000);
 
@@ -1305,6 +1462,7 @@
     state: () => ({
       conn: conn.state, attempt: conn.attempt, sessions: sessions.size, panes: [...panes.keys()],
       lastSeq: Object.fromEntries([...sessions.values()].map((s) => [s.id, s.lastSeq])),
+      stats: { ...stats },
     }),
   });
 })();
