@@ -40,6 +40,7 @@ import base64
 import binascii
 import dataclasses
 import enum
+import re
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
@@ -369,10 +370,12 @@ class Connection:
             self._refuse(status, f"malformed request: {str(exc).split(':')[0]}")
             return
         if event is h11.NEED_DATA:
-            if len(self._head) > limit + 4 and b"\r\n\r\n" not in self._head:
+            if len(self._head) > limit + 4 and _HEAD_END.search(self._head) is None:
                 self._refuse(431, f"request head exceeds {limit} bytes")
             return
-        end = self._head.find(b"\r\n\r\n")
+        self._head_request = isinstance(event, h11.Request) and event.method == b"HEAD"
+        found = _HEAD_END.search(self._head)
+        end = found.start() if found is not None else -1
         if end < 0 or end > limit:
             # h11 only bounds a head that arrives in pieces; this bounds one
             # that arrives whole.
@@ -382,7 +385,6 @@ class Connection:
         if not isinstance(event, h11.Request):
             self._refuse(400, "malformed request")
             return
-        self._head_request = event.method == b"HEAD"
         if len(event.headers) > self.hub.limits.max_headers:
             self._refuse(431, f"more than {self.hub.limits.max_headers} header fields")
             return
@@ -390,7 +392,11 @@ class Connection:
             (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers
         )
         target = event.target.decode("latin-1")
-        split = urlsplit(target)
+        try:
+            split = urlsplit(target)
+        except ValueError:  # "http://[x/": an unclosed IPv6 host
+            self._refuse(400, "malformed request target")
+            return
         query = parse_qs(split.query)
         method = event.method.decode("latin-1")
         upgrade = _header(headers, "upgrade")
@@ -658,6 +664,9 @@ class Connection:
 
 
 _CLOSE_CODES = frozenset(int(c) for c in CloseCode)
+# The blank line that ends a request head, as h11 finds it: it accepts lines
+# ending in a bare LF (RFC 9112 §2.2), so "\r\n\r\n" alone misses some.
+_HEAD_END = re.compile(rb"\n\r?\n")
 
 
 def _header(headers: tuple[tuple[str, str], ...], name: str) -> str | None:

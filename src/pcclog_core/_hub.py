@@ -890,5 +890,12 @@ _HANDLERS: dict[type[ClientMessage], _Handler] = {
 }
 # Producer entries are throttled by the global buffer, not the rate limit.
 _EXEMPT: frozenset[_Handler] = frozenset(
-    {Client._on_log, Client._on_status, Client._on_wrapper_log, Client._on_wrapper_error}
+    {
+        Client._on_log,
+        Client._on_status,
+        Client._on_wrapper_log,
+        Client._on_wrapper_status,
+        Client._on_wrapper_error,
+        Client._on_wrapper_complete,
+    }
 )
