@@ -84,6 +84,7 @@ __all__ = ["Client", "Counters", "Hub", "Session"]
 StatusValue = Literal["running", "stopped", "error"]
 _ENDED = ("stopped", "error")
 _PONG_FRAME = text_frame(encode(Pong()))
+_NO_LIMIT = float("inf")
 
 
 @dataclasses.dataclass(slots=True)
@@ -232,18 +233,32 @@ class Hub:
         ``running`` status revives it."""
         session = self.sessions.get(session_id)
         if session is None:
+            merged = dict(metadata or {})
+        elif metadata:
+            merged = {**session.metadata, **metadata}
+        else:
+            merged = session.metadata
+        seq = (session.seq if session is not None else 0) + 1
+        frame = text_frame(
+            encode(Status(sessionId=session_id, status=status, metadata=merged, seq=seq))
+        )
+        # Metadata is merged and re-sent with every status and snapshot, so
+        # it is bounded like a message, not left to grow with each update.
+        limit = self.limits.max_message_size
+        if len(frame) > limit:
+            raise MessageError(
+                ErrorCode.INVALID_MESSAGE,
+                f"session metadata would exceed MAX_MESSAGE_SIZE ({limit} bytes) once merged",
+                session_id=session_id,
+            )
+        if session is None:
             session = self._create(session_id, now)
-        if metadata:
-            session.metadata = {**session.metadata, **metadata}
+        session.metadata = merged
         session.status = status
         self._ended.pop(session_id, None)
         if status in _ENDED:
             self._ended[session_id] = now
-        seq = session.seq + 1
         session.seq = seq
-        frame = text_frame(
-            encode(Status(sessionId=session_id, status=status, metadata=session.metadata, seq=seq))
-        )
         session.frames.append(frame)
         self._fan_out(session, frame, seq, droppable=False)
         return seq
@@ -287,30 +302,37 @@ class Hub:
                 self._pending.setdefault(session_id, {})[client] = None
 
     def _fan_out(self, session: Session, frame: bytes, seq: int, *, droppable: bool) -> None:
-        """Queue ``frame`` for every subscriber of ``session``."""
+        """Queue ``frame`` for every subscriber of ``session``.
+
+        The loop body is the whole per-viewer cost of an entry: an append
+        and a byte count. Totals are derived once after the loop from the
+        (rare) drops instead of being summed per viewer.
+        """
         size = len(frame)
-        limit = self.limits.connection_buffer
+        limit = self.limits.connection_buffer if droppable else _NO_LIMIT
         ready = self._ready
-        queued = 0
-        delivered = 0
-        for client in session.subscribers:
-            if client._out_bytes < limit or not droppable:
+        subscribers = session.subscribers
+        dropped = 0
+        for client in subscribers:
+            out_bytes = client._out_bytes
+            if out_bytes < limit:
                 if client._gaps:
                     client._flush_gap(session.id)
                 client._out.append(frame)
-                client._out_bytes += size
-                queued += size
-                delivered += 1
+                client._out_bytes = out_bytes + size
                 if not client._ready:
                     client._ready = True
                     ready.append(client)
             else:
+                dropped += 1
                 client._overflow(session.id, seq)
+        delivered = len(subscribers) - dropped
+        queued = delivered * size
         if session.viewers_plain:
             payload = frame[frame_header_length(frame) :]
             psize = len(payload)
             for client in session.viewers_plain:
-                if client._out_bytes < limit or not droppable:
+                if client._out_bytes < limit:
                     if client._gaps:
                         client._flush_gap(session.id)
                     client._out.append(payload)
@@ -548,6 +570,12 @@ class Client:
     def _on_subscribe(self, message: Subscribe, now: float, wall: float) -> None:
         if message.auth is not None:
             self.authenticate(message.auth.token, now=now, wall=wall)
+        if self._out_bytes >= self.hub.limits.connection_buffer:
+            raise MessageError(
+                ErrorCode.RATE_LIMITED,
+                "outbound buffer full: read what was already sent before subscribing again",
+                session_id=message.sessionId,
+            )
         session_id = message.sessionId
         hub = self.hub
         if session_id == "*":
@@ -790,11 +818,17 @@ class Client:
             count = self.hub.limits.subscribe_tail if tail is None else tail
             start = max(first, last - count + 1)
         if start <= last:
-            replay = islice(session.frames, start - first, None)
-            if self.framed:
-                self._out.extend(replay)
-            else:
-                self._out.extend(f[frame_header_length(f) :] for f in replay)
+            # Replay counts against the connection's buffer like live data:
+            # live entries arriving before the client has read it are then
+            # subject to the slow-consumer policy, and a client that keeps
+            # asking for replays without reading is refused (see _on_subscribe).
+            replay = list(islice(session.frames, start - first, None))
+            if not self.framed:
+                replay = [f[frame_header_length(f) :] for f in replay]
+            size = sum(map(len, replay))
+            self._out.extend(replay)
+            self._out_bytes += size
+            self.hub.queued_bytes += size
         (session.subscribers if self.framed else session.viewers_plain)[self] = None
         self._attached.add(session_id)
         self._mark_ready()

@@ -5,6 +5,7 @@ These only convert; the time itself is always passed in by the runtime.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -12,17 +13,23 @@ from datetime import UTC, datetime
 __all__ = ["format_wall", "normalize_timestamp"]
 
 _CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
-_second_cache: tuple[int, str] = (-1, "")
+_second_cache: tuple[int | None, str] = (None, "")
+_FIRST_YEAR = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_AFTER_LAST_YEAR = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
 
 
 def format_wall(wall: float) -> str:
     """``1706276730.1234`` → ``"2024-01-26T13:45:30.123Z"``."""
     global _second_cache
-    whole = int(wall)
-    millis = int((wall - whole) * 1000)
+    whole = math.floor(wall)  # floor, not int(): times before 1970 too
+    millis = min(999, int((wall - whole) * 1000))
     cached_second, prefix = _second_cache
     if cached_second != whole:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        t = time.gmtime(whole)
+        prefix = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+            f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        )
         _second_cache = (whole, prefix)
     return f"{prefix}.{millis:03d}Z"
 
@@ -40,4 +47,7 @@ def normalize_timestamp(value: str) -> str:
         raise ValueError(f"timestamp {value[:40]!r} is not an ISO 8601 date-time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return format_wall(parsed.timestamp())
+    seconds = parsed.timestamp()
+    if not _FIRST_YEAR <= seconds < _AFTER_LAST_YEAR:
+        raise ValueError(f"timestamp {value[:40]!r} is outside years 0001-9999 in UTC")
+    return format_wall(seconds)
