@@ -711,7 +711,7 @@ class DockerSource:
             server.log.warn(
                 "Docker engine error in a log stream", container=t.short_id, error=error
             )
-        server._flush_ready()
+        server.flush_ready()
         return hub.producers_paused
 
     async def _wait_unpaused(self) -> None:
@@ -745,7 +745,7 @@ class DockerSource:
             self._refused(t, exc)
             return
         t.refused = False
-        server._flush_ready()
+        server.flush_ready()
 
     def _log_unsupported(self, t: _Tracked, status: int, text: str) -> None:
         if self._server is not None:

@@ -228,7 +228,7 @@ class Server:
             delay = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
             await anyio.sleep(delay)
             hub.handle_timeout(time.monotonic())
-            self._flush_ready()
+            self.flush_ready()
 
     # --- accepting ------------------------------------------------------------
 
@@ -370,9 +370,11 @@ class Server:
     def _after_input(self, peer: _Peer) -> None:
         self._drain_events(peer)
         self._flush(peer)
-        self._flush_ready()
+        self.flush_ready()
 
-    def _flush_ready(self) -> None:
+    def flush_ready(self) -> None:
+        """Write to every client the hub queued something for. Call it after
+        publishing into the hub from outside a connection (a source)."""
         for client in self.hub.take_ready():
             owner = client.owner
             if isinstance(owner, _Peer):

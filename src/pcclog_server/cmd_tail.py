@@ -1,5 +1,443 @@
-from typing import Any
+"""``pcclog tail``: follow one session or every one (``'*'``) in the
+terminal, resuming without loss after reconnects.
+
+Also home to what the client commands share: the ``--url``/``--token``
+options, the stderr logging of the client library, and the exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+import zlib
+from datetime import datetime
+from typing import Any, TextIO
+
+from .client import AuthenticationError, ConnectionFailed, Subscription
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_CONNECTION",
+    "LEVELS",
+    "Style",
+    "add_connection_arguments",
+    "cmd_tail",
+    "register",
+    "setup_logging",
+]
+
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_CONNECTION = 4
+EXIT_INTERRUPTED = 130
+
+DEFAULT_URL = "ws://127.0.0.1:8080"
+
+LEVELS = {
+    "trace": 0,
+    "debug": 1,
+    "info": 2,
+    "notice": 2,
+    "warn": 3,
+    "warning": 3,
+    "error": 4,
+    "err": 4,
+    "fatal": 5,
+    "critical": 5,
+    "crit": 5,
+    "panic": 5,
+}
+_LEVEL_CHOICES = ("trace", "debug", "info", "warn", "error", "fatal")
+
+EXIT_CODES_HELP = """exit status:
+  0  stopped (with --exit-on-end), or interrupted after a clean run
+  1  the session ended in error (with --exit-on-end)
+  2  usage error
+  3  the server refused the token (UNAUTHORIZED)
+  4  connection failed (with --no-reconnect)
+  130 interrupted (Ctrl-C)
+"""
+
+
+# --- shared by the client commands ------------------------------------------
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("PCCLOG_URL", DEFAULT_URL),
+        help="server WebSocket URL (default: $PCCLOG_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("PCCLOG_TOKEN"),
+        help="auth token (default: $PCCLOG_TOKEN; prefer the variable: arguments are "
+        "visible to other users in ps)",
+    )
+
+
+class _Prefixed(logging.Formatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__()
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{self.prog}: {record.getMessage()}"
+
+
+def setup_logging(prog: str, level: int = logging.WARNING) -> None:
+    """Send the client library's notices to stderr as ``prog: message``."""
+    logger = logging.getLogger("pcclog.client")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_pcclog_cli", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Prefixed(prog))
+    handler._pcclog_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def use_color(stream: TextIO, choice: str) -> bool:
+    if choice == "always":
+        return True
+    if choice == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
+class Style:
+    """ANSI styling that disappears when color is off."""
+
+    RESET = "\x1b[0m"
+    LEVEL = {
+        0: "\x1b[2m",
+        1: "\x1b[34m",
+        2: "\x1b[32m",
+        3: "\x1b[33m",
+        4: "\x1b[31m",
+        5: "\x1b[1;37;41m",
+    }
+    STATUS = {"running": "\x1b[1;32m", "stopped": "\x1b[1;34m", "error": "\x1b[1;31m"}
+    SESSION = ("\x1b[36m", "\x1b[35m", "\x1b[34m", "\x1b[33m", "\x1b[96m", "\x1b[95m", "\x1b[94m")
+
+    def __init__(self, color: bool) -> None:
+        self.color = color
+
+    def paint(self, code: str, text: str) -> str:
+        return f"{code}{text}{self.RESET}" if self.color and code else text
+
+    def dim(self, text: str) -> str:
+        return self.paint("\x1b[2m", text)
+
+    def bold(self, text: str) -> str:
+        return self.paint("\x1b[1m", text)
+
+    def session(self, session_id: str) -> str:
+        code = self.SESSION[zlib.crc32(session_id.encode()) % len(self.SESSION)]
+        return self.paint(code, session_id)
+
+    def status(self, status: str) -> str:
+        return self.paint(self.STATUS.get(status, ""), status)
+
+
+# --- formatting ---------------------------------------------------------------
+
+
+def level_rank(level: object) -> int:
+    return LEVELS.get(str(level).lower(), 2)
+
+
+def _local_time(timestamp: object) -> str:
+    if not isinstance(timestamp, str):
+        return " " * 12
+    try:
+        moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return timestamp
+    return moment.astimezone().strftime("%H:%M:%S.%f")[:-3]
+
+
+def _summary(metadata: object, keys: tuple[str, ...]) -> str:
+    if not isinstance(metadata, dict):
+        return ""
+    parts = []
+    for key in keys:
+        if key in metadata and metadata[key] not in (None, ""):
+            value = metadata[key]
+            text = value if isinstance(value, str) else json.dumps(value)
+            parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+_STATUS_KEYS = (
+    "exitCode",
+    "signal",
+    "duration",
+    "command",
+    "pid",
+    "containerName",
+    "image",
+    "error",
+    "message",
+)
+_HIDDEN_DATA = ("stream", "containerId")
+
+
+class Formatter:
+    """One message → one line of text (or None to print nothing)."""
+
+    def __init__(self, style: Style, *, tty: bool) -> None:
+        self.style = style
+        self.tty = tty
+
+    def _when(self, timestamp: object) -> str:
+        if self.tty:
+            return self.style.dim(_local_time(timestamp))
+        return timestamp if isinstance(timestamp, str) else "-"
+
+    def format(self, message: dict[str, Any]) -> str | None:
+        kind = message.get("type")
+        style = self.style
+        session = str(message.get("sessionId", ""))
+        if kind == "log":
+            level = str(message.get("level", "info"))
+            rank = level_rank(level)
+            label = level.upper().ljust(5)
+            text = str(message.get("message", ""))
+            data = message.get("data")
+            extra = ""
+            if isinstance(data, dict):
+                shown = {k: v for k, v in data.items() if k not in _HIDDEN_DATA}
+                if shown:
+                    dumped = json.dumps(shown, ensure_ascii=False, separators=(",", ":"))
+                    extra = " " + style.dim(dumped if len(dumped) <= 300 else dumped[:297] + "...")
+            if self.tty and rank >= 4:
+                text = style.paint(Style.LEVEL[rank], text) if rank == 4 else text
+            return (
+                f"{self._when(message.get('timestamp'))} {style.session(session)} "
+                f"{style.paint(Style.LEVEL.get(rank, ''), label)} {text}{extra}"
+            )
+        if kind == "status":
+            status = str(message.get("status", ""))
+            metadata = message.get("metadata")
+            when: object = None
+            if isinstance(metadata, dict):
+                when = metadata.get("startTime" if status == "running" else "finishedAt")
+            details = _summary(metadata, _STATUS_KEYS)
+            snapshot = "seq" not in message
+            if self.tty:
+                marker = {"running": "●", "stopped": "■", "error": "✖"}.get(status, "•")
+                head = style.paint(Style.STATUS.get(status, ""), f"{marker} {status}")
+                tail = style.dim(" (current state)") if snapshot else ""
+                body = f"{head}{tail}" + (f"  {style.dim(details)}" if details else "")
+                return f"{self._when(when)} {style.session(session)} {body}"
+            label = "STATE" if snapshot else "STATUS"
+            return f"{self._when(when)} {session} {label} {status}" + (
+                f" {details}" if details else ""
+            )
+        if kind == "gap":
+            span = f"{message.get('fromSeq')}-{message.get('toSeq')}"
+            reason = message.get("reason", "")
+            if self.tty:
+                text = style.paint(
+                    "\x1b[1;33m", f"⚠ missed entries {span} ({reason}); they are not in this view"
+                )
+                return f"{self._when(None)} {style.session(session)} {text}"
+            return f"- {session} GAP {span} {reason}"
+        return None
+
+
+# --- the command --------------------------------------------------------------
+
+
+def _error_line(message: dict[str, Any]) -> str:
+    where = f" [{message['sessionId']}]" if message.get("sessionId") else ""
+    return f"{message.get('code')}{where}: {message.get('message')}"
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    tty = sys.stdout.isatty()
+    style = Style(use_color(sys.stdout, args.color))
+    formatter = Formatter(style, tty=tty)
+    pattern = re.compile(args.grep) if args.grep else None
+    min_rank = LEVELS[args.level] if args.level else 0
+    outage = False
+
+    def on_change(connected: bool, detail: str) -> None:
+        # One line when the connection is lost, one when it is back: not
+        # one per attempt in between.
+        nonlocal outage
+        if connected and outage:
+            print(f"pcclog tail: {detail}; resumed", file=sys.stderr, flush=True)
+        elif not connected and not outage:
+            print(f"pcclog tail: {detail}", file=sys.stderr, flush=True)
+        outage = not connected
+
+    current: str | None = None
+    live = False
+    out = sys.stdout
+    async with Subscription(
+        args.url,
+        args.session,
+        token=args.token,
+        since=args.since,
+        tail=args.tail,
+        reconnect=not args.no_reconnect,
+        backoff=(0.25, args.reconnect_max),
+        sync_markers=True,
+        on_connection_change=on_change,
+    ) as subscription:
+        async for message in subscription:
+            kind = message.get("type")
+            if kind == "synced":
+                live = True
+                if args.exit_on_end and current in ("stopped", "error"):
+                    return 0 if current == "stopped" else 1
+                continue
+            if kind == "log":
+                if level_rank(message.get("level")) < min_rank:
+                    continue
+                if pattern is not None and not pattern.search(str(message.get("message", ""))):
+                    continue
+            if args.json:
+                out.write(json.dumps(message, ensure_ascii=False) + "\n")
+            elif kind == "error":
+                print(f"pcclog tail: {_error_line(message)}", file=sys.stderr, flush=True)
+            else:
+                line = formatter.format(message)
+                if line is not None:
+                    out.write(line + "\n")
+            out.flush()
+            if kind == "status" and message.get("sessionId") == args.session:
+                current = str(message.get("status"))
+                if (
+                    args.exit_on_end
+                    and live
+                    and "seq" in message
+                    and current
+                    in (
+                        "stopped",
+                        "error",
+                    )
+                ):
+                    return 0 if current == "stopped" else 1
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    if args.exit_on_end and args.session == "*":
+        print("pcclog tail: --exit-on-end needs a single session, not '*'", file=sys.stderr)
+        return EXIT_USAGE
+    if args.grep:
+        try:
+            re.compile(args.grep)
+        except re.error as exc:
+            print(f"pcclog tail: invalid --grep pattern: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    setup_logging("pcclog tail", logging.ERROR)
+    try:
+        return asyncio.run(_tail(args))
+    except AuthenticationError as exc:
+        hint = "" if args.token else " (no token given: set --token or $PCCLOG_TOKEN)"
+        print(f"pcclog tail: UNAUTHORIZED: {exc}{hint}", file=sys.stderr)
+        return EXIT_AUTH
+    except ConnectionFailed as exc:
+        print(f"pcclog tail: {exc}", file=sys.stderr)
+        return EXIT_CONNECTION
+    except ValueError as exc:
+        print(f"pcclog tail: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (| head): not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
 
 
 def register(sub: Any) -> None:
-    pass
+    parser = sub.add_parser(
+        "tail",
+        help="follow a session's logs and status (or every session with '*')",
+        description="Follow the logs and status changes of one session, or of every session "
+        "the token may view with '*' (quote it for the shell). Reconnects with backoff after "
+        "any disconnect and resumes exactly where it stopped: no line lost, none repeated. "
+        "Colored when stdout is a terminal; plain text otherwise; raw JSON with --json.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("session", metavar="SESSION", help="session id, or '*' for every session")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
+        "--since",
+        type=_non_negative,
+        metavar="SEQ",
+        help="replay the entries after this seq, then follow (resume)",
+    )
+    start.add_argument(
+        "--tail",
+        type=_non_negative,
+        metavar="N",
+        help="replay the last N entries first (default: the server's SUBSCRIBE_TAIL, 100)",
+    )
+    parser.add_argument(
+        "--level",
+        choices=_LEVEL_CHOICES,
+        help="show log lines at this level or above (trace<debug<info<warn<error<fatal)",
+    )
+    parser.add_argument("--grep", metavar="REGEX", help="show log lines whose message matches")
+    parser.add_argument("--json", action="store_true", help="print raw messages, one JSON per line")
+    parser.add_argument(
+        "--exit-on-end",
+        action="store_true",
+        help="exit when the session is stopped (status 0) or in error (status 1); "
+        "for scripts waiting on a session",
+    )
+    parser.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="color output (default: auto = when stdout is a terminal and NO_COLOR is unset)",
+    )
+    parser.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="exit (status 4) instead of reconnecting when the connection fails",
+    )
+    parser.add_argument(
+        "--reconnect-max",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="longest wait between reconnection attempts (default: %(default)s)",
+    )
+    add_connection_arguments(parser)
+    parser.set_defaults(func=cmd_tail)
