@@ -26,6 +26,7 @@ global buffer full, so the kernel and the producers buffer, not us.
 from __future__ import annotations
 
 import errno
+import heapq
 import math
 import signal
 import socket
@@ -86,6 +87,7 @@ class _Peer:
 
     __slots__ = (
         "conn",
+        "deadline",
         "id",
         "peer",
         "pending",
@@ -102,6 +104,7 @@ class _Peer:
         self.peer = peer
         self.id = ident
         self.pending: memoryview | None = None
+        self.deadline: float | None = None  # the one on the timer heap
         self.scope: anyio.CancelScope | None = None
         self.stream: anyio.abc.ByteStream | None = None  # TLS only
         self.wake: anyio.Event | None = None  # TLS only
@@ -142,6 +145,9 @@ class Server:
         self._resume = anyio.Event()
         self._allowed_origins = config.allowed_origins
         self._metrics_registry: Any = None
+        self._timers: list[tuple[float, int, _Peer]] = []
+        self._timer_at = math.inf
+        self._timer_wake = anyio.Event()
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -154,6 +160,7 @@ class Server:
             self._tg = tg
             tg.start_soon(self._accept_loop, listener)
             tg.start_soon(self._hub_timer)
+            tg.start_soon(self._timer_loop)
             tg.start_soon(self._signals)
             for source in self.sources:
                 tg.start_soon(source.run, self)
@@ -294,49 +301,89 @@ class Server:
         conn = peer.conn
         sock = peer.sock
         hub = self.hub
-        while not conn.closed:
-            client = conn.client
-            if (
-                client is not None
-                and hub.producers_paused
-                and client.grant is not None
-                and Role.PRODUCE in client.grant.roles
-            ):
-                await self._wait_resume(conn)
-            deadline = conn.next_deadline()
-            timeout = math.inf if deadline is None else deadline - time.monotonic()
-            data: bytes | None = None
-            if timeout > 0:
-                with anyio.move_on_after(timeout) as scope:
-                    peer.scope = scope
-                    try:
-                        await anyio.wait_readable(sock)
-                    except (anyio.ClosedResourceError, OSError):
-                        data = b""
-                peer.scope = None
-                if data is None and not scope.cancelled_caught:
+        self._schedule(peer)
+        with anyio.CancelScope() as scope:
+            peer.scope = scope
+            while not conn.closed:
+                client = conn.client
+                if (
+                    client is not None
+                    and hub.producers_paused
+                    and client.grant is not None
+                    and Role.PRODUCE in client.grant.roles
+                ):
+                    await self._wait_resume(conn)
+                try:
+                    await anyio.wait_readable(sock)
+                except (anyio.ClosedResourceError, OSError):
+                    conn.abort("socket closed")
+                    break
+                # A full buffer usually means more is waiting: read on
+                # before going back to the loop.
+                for _ in range(8):
                     try:
                         data = sock.recv(_RECV_SIZE)
                     except (BlockingIOError, InterruptedError):
-                        continue
+                        break
                     except OSError:
                         data = b""
-            now, wall = _clock()
-            if data is None:
-                if conn.closed or (self._stopping and not conn.closed and peer.pending is None):
-                    if self._stopping and not conn.closed:
-                        conn.abort("server shutting down")
-                    break
-                conn.handle_timeout(now=now, wall=wall)
-            else:
-                conn.receive_data(data, now=now, wall=wall)
-            self._after_input(peer)
+                    now, wall = _clock()
+                    conn.receive_data(data, now=now, wall=wall)
+                    self._after_input(peer)
+                    if len(data) < _RECV_SIZE or conn.closed:
+                        break
+                self._schedule(peer)
+        peer.scope = None
+        if self._stopping and not conn.closed:
+            conn.abort("server shutting down")
         # Give the last frames (a close, an HTTP response) a moment to leave.
         if peer.pending is not None or peer.writing:
             with anyio.move_on_after(1.0):
                 while peer.pending is not None or peer.writing:
                     await anyio.sleep(0.01)
         await self._linger(sock)
+
+    # --- timers: one heap for every connection's deadline ---------------------
+
+    def _schedule(self, peer: _Peer) -> None:
+        """Put the core's next deadline for ``peer`` on the heap, if it moved.
+
+        Entries are never removed: a popped entry whose deadline is no longer
+        the peer's current one is stale and skipped. One timer task serves
+        every connection, so an idle connection costs no timer of its own.
+        """
+        deadline = peer.conn.next_deadline()
+        if deadline == peer.deadline:
+            return
+        peer.deadline = deadline
+        if deadline is None:
+            return
+        heapq.heappush(self._timers, (deadline, peer.id, peer))
+        if deadline < self._timer_at:
+            self._timer_wake.set()
+
+    async def _timer_loop(self) -> None:
+        timers = self._timers
+        while True:
+            now, wall = _clock()
+            while timers and timers[0][0] <= now:
+                deadline, _, peer = heapq.heappop(timers)
+                if peer.deadline != deadline or peer.id not in self.peers:
+                    continue
+                peer.deadline = None
+                conn = peer.conn
+                conn.handle_timeout(now=now, wall=wall)
+                self._drain_events(peer)
+                self._flush(peer)
+                if conn.closed:
+                    self._wake_reader(peer)
+                else:
+                    self._schedule(peer)
+            self.flush_ready()
+            self._timer_at = timers[0][0] if timers else math.inf
+            self._timer_wake = anyio.Event()
+            with anyio.move_on_after(max(0.0, self._timer_at - time.monotonic())):
+                await self._timer_wake.wait()
 
     async def _linger(self, sock: socket.socket) -> None:
         """Half-close, then read and discard briefly before closing: closing
@@ -460,12 +507,10 @@ class Server:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._tls_writer, peer)
             stream = peer.stream
-            while not conn.closed:
-                deadline = conn.next_deadline()
-                timeout = math.inf if deadline is None else deadline - time.monotonic()
-                data: bytes | None = None
-                with anyio.move_on_after(max(timeout, 0)) as scope:
-                    peer.scope = scope
+            self._schedule(peer)
+            with anyio.CancelScope() as scope:
+                peer.scope = scope
+                while not conn.closed:
                     try:
                         data = await stream.receive(_RECV_SIZE)
                     except (
@@ -476,15 +521,13 @@ class Server:
                         OSError,
                     ):
                         data = b""
-                peer.scope = None
-                now, wall = _clock()
-                if data is None:
-                    if self._stopping and conn.closed:
-                        break
-                    conn.handle_timeout(now=now, wall=wall)
-                else:
+                    now, wall = _clock()
                     conn.receive_data(data, now=now, wall=wall)
-                self._after_input(peer)
+                    self._after_input(peer)
+                    self._schedule(peer)
+            peer.scope = None
+            if self._stopping and not conn.closed:
+                conn.abort("server shutting down")
             # Let the writer send the last frames, then stop it.
             with anyio.move_on_after(1.0):
                 while peer.writing or peer.conn.has_output:
