@@ -137,7 +137,8 @@ def all_targets() -> list[Target]:
                 "--docker-enabled",
                 "false",
             ],
-            env={"PYTHONPATH": str(REPO_DIR / "src")},
+            # Per-connection open/close lines are info; the peers log nothing.
+            env={"PYTHONPATH": str(REPO_DIR / "src"), "LOG_LEVEL": "warn"},
             prepare=_check_python_imports("pcclog_server.cli"),
             description="pcclog_server (this project)",
         ),
