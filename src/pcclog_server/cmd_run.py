@@ -282,7 +282,8 @@ async def _finish(producer: Producer, args: argparse.Namespace, abort: asyncio.E
             file=sys.stderr,
         )
     if producer.rejected and producer.error is None:
-        print(f"pcclog run: the server refused {producer.rejected} entries", file=sys.stderr)
+        hint = "" if args.token else " (no token given: set --token or $PCCLOG_TOKEN)"
+        print(f"pcclog run: the server refused {producer.rejected} entries{hint}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -304,6 +305,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"pcclog run: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the command started
+        return 130
 
 
 def _level(text: str) -> str:

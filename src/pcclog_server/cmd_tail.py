@@ -55,7 +55,7 @@ LEVELS = {
 _LEVEL_CHOICES = ("trace", "debug", "info", "warn", "error", "fatal")
 
 EXIT_CODES_HELP = """exit status:
-  0  stopped (with --exit-on-end), or interrupted after a clean run
+  0  the session stopped (with --exit-on-end)
   1  the session ended in error (with --exit-on-end)
   2  usage error
   3  the server refused the token (UNAUTHORIZED)
@@ -387,10 +387,11 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "tail",
         help="follow a session's logs and status (or every session with '*')",
-        description="Follow the logs and status changes of one session, or of every session "
-        "the token may view with '*' (quote it for the shell). Reconnects with backoff after "
-        "any disconnect and resumes exactly where it stopped: no line lost, none repeated. "
-        "Colored when stdout is a terminal; plain text otherwise; raw JSON with --json.",
+        description="Follow the logs and status changes of one session, or of every\n"
+        "session the token may view with '*' (quote it for the shell).\n\n"
+        "Reconnects with backoff after any disconnect and resumes exactly where\n"
+        "it stopped: no line lost, none repeated. Colored when stdout is a\n"
+        "terminal, plain text otherwise, raw JSON messages with --json.",
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
