@@ -444,11 +444,21 @@ class Client:
             return
         hub = self.hub
         hub.counters.messages_in += 1
-        if len(text) > hub.limits.max_message_size:
+        limit = hub.limits.max_message_size
+        # The limit is in bytes; a str can hold up to 4 bytes per character,
+        # so only a long one needs encoding to be measured.
+        if (
+            len(text) > limit // 4
+            and (
+                size := len(
+                    text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+                )
+            )
+            > limit
+        ):
             self.send_error(
                 ErrorCode.MESSAGE_TOO_LARGE,
-                f"message of {len(text)} bytes exceeds MAX_MESSAGE_SIZE "
-                f"({hub.limits.max_message_size})",
+                f"message of {size} bytes exceeds MAX_MESSAGE_SIZE ({limit})",
                 now=now,
             )
             return
