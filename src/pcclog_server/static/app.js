@@ -8,7 +8,10 @@
  *   first connection:
  *         -> {"type":"subscribe","sessionId":"*","tail":500}
  *   reconnect (sessions already known), once the `sessions` reply is in:
- *         -> {"type":"subscribe","sessionId":ID,"since":lastSeq}   per known session
+ *         -> {"type":"subscribe","sessionId":ID,"since":lastSeq-1} per known session
+ *            (one entry of overlap: if the server's entry at lastSeq is not the
+ *            one this page has, the server restarted and its numbering started
+ *            again; the page then re-subscribes with since 0 and marks the spot)
  *         -> {"type":"subscribe","sessionId":ID,"tail":500}        per listed, unseen one
  *         -> {"type":"subscribe","sessionId":"*","tail":0}         later sessions
  *   Entries with seq <= the highest seq seen for their session are dropped,
@@ -395,7 +398,10 @@
       const s = sessions.get(id);
       if (!s || (listed && !listed.has(id)) || (!listed && s.gone)) continue;
       if (n++ >= MAX_RESUME_SUBS) break;   // the rest resume live through `*` (a gap marker shows the hole)
-      if (s.lastSeq > 0) send({ type: 'subscribe', sessionId: id, since: s.lastSeq });
+      if (s.lastSeq > 0) {
+        s.verifySeq = s.lastKey !== null ? s.lastSeq : 0;
+        send({ type: 'subscribe', sessionId: id, since: s.lastSeq - (s.verifySeq ? 1 : 0) });
+      }
       else send({ type: 'subscribe', sessionId: id, tail: INITIAL_TAIL });
     }
     send({ type: 'subscribe', sessionId: '*', tail: 0 });
@@ -523,6 +529,8 @@
       return;
     }
     markAuthed();
+    const failed = sid ? sessions.get(sid) : null;
+    if (failed && failed.resync) failed.resync = false;   // the re-subscription did not happen
     if (code === 'SESSION_NOT_FOUND' && sid) {
       const s = sessions.get(sid);
       if (s) { s.gone = true; markDirty(s); }
@@ -557,6 +565,7 @@
   function newSession(id) {
     return {
       id, status: 'unknown', metadata: {}, lastSeq: 0, serverLastSeq: 0, entries: [],
+      lastKey: null, verifySeq: 0, resync: false,
       lines: 0, errors: 0, lastOutput: 0, gone: false, item: null,
     };
   }
@@ -574,14 +583,35 @@
 
   const skew = { cur: Infinity, prev: Infinity, since: Date.now() };   // min(arrival - timestamp) per 30 s window
 
-  function acceptSeq(s, seq) {
+  // What identifies an entry across replays of the same server history.
+  function entryKey(m) {
+    return m.type === 'status' ? 'S' + m.status + '\u0000' + safeJson(m.metadata)
+      : 'L' + m.timestamp + '\u0000' + m.level + '\u0000' + m.message + '\u0000' + safeJson(m.data);
+  }
+
+  function acceptSeq(s, m) {
+    const seq = m.seq;
     if (typeof seq !== 'number') return true;
+    if (s.resync) return false;                              // stale; a fresh replay follows its snapshot
+    if (s.verifySeq && seq >= s.verifySeq) {
+      const overlap = seq === s.verifySeq;
+      s.verifySeq = 0;
+      if (overlap) {
+        if (entryKey(m) === s.lastKey) return false;         // same history: resume after it
+        // Same seq, another entry: a restarted server numbered a new history.
+        resetSeq(s, 'the server restarted');
+        s.resync = true;
+        send({ type: 'subscribe', sessionId: s.id, since: 0 });
+        return false;
+      }
+    }
     if (seq === 1 && s.lastSeq >= 1) resetSeq(s, 'the session started again on the server');
     if (seq <= s.lastSeq) return false;                      // duplicate (resume overlap)
     if (s.lastSeq > 0 && seq > s.lastSeq + 1) {              // hole nobody announced
       pushEntry(s, { kind: 'gap', fromSeq: s.lastSeq + 1, toSeq: seq - 1, count: seq - 1 - s.lastSeq, reason: 'not received', synthetic: true });
     }
     s.lastSeq = seq;
+    s.lastKey = entryKey(m);
     return true;
   }
 
@@ -589,13 +619,14 @@
   // and reused): seq numbers start again, so forget ours and mark the spot.
   function resetSeq(s, why) {
     s.lastSeq = 0;
+    s.lastKey = null;
     pushEntry(s, { kind: 'note', text: 'sequence restarted: ' + why });
   }
 
   function onLog(m) {
     if (typeof m.sessionId !== 'string') return;
     const s = ensureSession(m.sessionId);
-    if (!acceptSeq(s, m.seq)) return;
+    if (!acceptSeq(s, m)) return;
     m.kind = 'log';
     m.level = normLevel(m.level);
     m._lv = levelNum(m.level);
@@ -622,11 +653,11 @@
     if (typeof m.sessionId !== 'string') return;
     const s = ensureSession(m.sessionId);
     if (typeof m.seq === 'number') {
-      if (!acceptSeq(s, m.seq)) return;
+      if (!acceptSeq(s, m)) return;
       m.kind = 'status';
       if (typeof m.timestamp !== 'string') m.timestamp = new Date().toISOString();   // status entries carry no time; use arrival
       pushEntry(s, m);
-    }
+    } else s.resync = false;   // a snapshot: a (re-)subscription's replay starts here
     if (typeof m.status === 'string') s.status = m.status;
     if (m.metadata && typeof m.metadata === 'object') s.metadata = m.metadata;
     s.gone = false;
@@ -640,6 +671,8 @@
     const to = Number(m.toSeq);
     if (!(to >= from)) return;
     const reason = String(m.reason || 'unknown');
+    if (s.resync) return;
+    if (s.verifySeq && to >= s.verifySeq) s.verifySeq = 0;   // the overlap entry is gone: cannot check
     if (to <= s.lastSeq) {
       // Already past it: if a synthetic marker covers this range, name the reason.
       for (let i = s.entries.length - 1, k = 0; i >= 0 && k < 2000; i--, k++) {
@@ -656,6 +689,7 @@
     const start = Math.max(from, s.lastSeq + 1);
     pushEntry(s, { kind: 'gap', fromSeq: start, toSeq: to, count: to - start + 1, reason });
     s.lastSeq = to;
+    s.lastKey = null;
     markDirty(s);
   }
 
