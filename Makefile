@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run dev test lint format typecheck pytest bench soak clean
+.PHONY: run dev test lint format typecheck pytest bench soak clean screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,7 +33,11 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
+# The browser and proxy tests use Debian's chromium and nginx; install them
+# when missing (skipped with a warning where that is impossible).
 pytest: $(STAMP)
+	bash tests/browser_setup.sh
+	bash tests/nginx_setup.sh || test -z "$$PCCLOG_REQUIRE_NGINX"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Everything CI runs: lint, types, every test.
@@ -45,6 +49,10 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	PCCLOG_FULL_SIZE=1 $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+screenshot: $(STAMP)
+	bash tests/browser_setup.sh
+	$(BIN)/python tests/make_screenshot.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
