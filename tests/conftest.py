@@ -116,11 +116,21 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         if token is not None:
             environ["AUTH_TOKENS"] = token
         environ.update(env or {})
-        args = [sys.executable, "-m", "pcclog_server.cli", "serve", "--host", "127.0.0.1",
-                "--port", "0", *flags]
+        args = [
+            sys.executable,
+            "-m",
+            "pcclog_server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *flags,
+        ]
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=environ,
-                                    cwd=REPO)
+            proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=environ, cwd=REPO
+            )
         server = ServerProcess(proc, log_path, token)
         started.append(server)
         return server

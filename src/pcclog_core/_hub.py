@@ -297,7 +297,7 @@ class Hub:
         if session is None:
             return
         for client in (*session.subscribers, *session.viewers_plain):
-            client._attached.discard(session_id)
+            client._attached.pop(session_id, None)
             if session_id in client._explicit:
                 self._pending.setdefault(session_id, {})[client] = None
 
@@ -415,8 +415,10 @@ class Client:
         self._out_bytes = 0
         self._ready = False
         self._gaps: dict[str, list[int]] = {}
-        self._explicit: set[str] = set()
-        self._attached: set[str] = set()
+        # dicts used as ordered sets: an empty dict is a third of an empty
+        # set, and an idle connection holds two of them.
+        self._explicit: dict[str, None] = {}
+        self._attached: dict[str, None] = {}
         self.wildcard = False
         self._wildcard_tail: int | None = None
         self.close_request: tuple[CloseCode, str] | None = None
@@ -606,7 +608,7 @@ class Client:
         if session_id not in self._explicit:
             if self._subscription_count() >= hub.limits.max_subscriptions:
                 raise self._too_many(session_id)
-            self._explicit.add(session_id)
+            self._explicit[session_id] = None
         found = hub.sessions.get(session_id)
         if found is None:
             hub._pending.setdefault(session_id, {})[self] = None
@@ -628,7 +630,7 @@ class Client:
                 if attached not in self._explicit:
                     self._detach(attached)
             return
-        self._explicit.discard(session_id)
+        self._explicit.pop(session_id, None)
         waiting = hub._pending.get(session_id)
         if waiting is not None:
             waiting.pop(self, None)
@@ -840,11 +842,11 @@ class Client:
             self._out_bytes += size
             self.hub.queued_bytes += size
         (session.subscribers if self.framed else session.viewers_plain)[self] = None
-        self._attached.add(session_id)
+        self._attached[session_id] = None
         self._mark_ready()
 
     def _detach(self, session_id: str) -> None:
-        self._attached.discard(session_id)
+        self._attached.pop(session_id, None)
         self._gaps.pop(session_id, None)
         session = self.hub.sessions.get(session_id)
         if session is not None:
