@@ -1451,3 +1451,36 @@ HubMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestHubMachine = HubMachine.TestCase
+
+
+def test_resent_producer_entries_are_applied_once() -> None:
+    hub = Hub(Limits())
+    producer = Peer(hub)
+    viewer = Peer(hub)
+    for pseq in (1, 2, 3, 2, 3, 1, 4):  # a reconnect resends 2 and 3, a stale 1
+        producer.log("s", f"m{pseq}", producer="p-1", pseq=pseq)
+    producer.send(
+        {"type": "status", "sessionId": "s", "status": "stopped", "producer": "p-1", "pseq": 5}
+    )
+    producer.send(
+        {"type": "status", "sessionId": "s", "status": "stopped", "producer": "p-1", "pseq": 5}
+    )
+    # Another producer's numbering is its own; unnumbered entries always apply.
+    producer.log("s", "other", producer="p-2", pseq=1)
+    producer.log("s", "plain")
+    producer.log("s", "plain")
+    viewer.subscribe("s", since=0)
+    got = viewer.received()
+    assert [m.get("message", m.get("status")) for m in got if "seq" in m] == [
+        "m1",
+        "m2",
+        "m3",
+        "m4",
+        "stopped",
+        "other",
+        "plain",
+        "plain",
+    ]
+    assert [m["seq"] for m in got if "seq" in m] == list(range(1, 9))
+    assert all("producer" not in m and "pseq" not in m for m in got)
+    assert producer.received() == []

@@ -85,6 +85,7 @@ StatusValue = Literal["running", "stopped", "error"]
 _ENDED = ("stopped", "error")
 _PONG_FRAME = text_frame(encode(Pong()))
 _NO_LIMIT = float("inf")
+_MAX_PRODUCER_MARKS = 64  # producers remembered per session for resend dedupe
 
 
 @dataclasses.dataclass(slots=True)
@@ -106,7 +107,16 @@ class Counters:
 class Session:
     """One agent session: status, metadata, seq and history."""
 
-    __slots__ = ("frames", "id", "metadata", "seq", "status", "subscribers", "viewers_plain")
+    __slots__ = (
+        "frames",
+        "id",
+        "metadata",
+        "producers",
+        "seq",
+        "status",
+        "subscribers",
+        "viewers_plain",
+    )
 
     def __init__(self, session_id: str, history_lines: int) -> None:
         self.id = session_id
@@ -118,6 +128,18 @@ class Session:
         # take bare JSON payloads (an embedder's WebSocket stack).
         self.subscribers: dict[Client, None] = {}
         self.viewers_plain: dict[Client, None] = {}
+        # Highest ``pseq`` applied per producer id, newest producers last.
+        self.producers: dict[str, int] = {}
+
+    def already_applied(self, producer: str, pseq: int) -> bool:
+        return pseq <= self.producers.get(producer, 0)
+
+    def mark_applied(self, producer: str, pseq: int) -> None:
+        marks = self.producers
+        marks.pop(producer, None)
+        marks[producer] = pseq
+        if len(marks) > _MAX_PRODUCER_MARKS:
+            del marks[next(iter(marks))]
 
     @property
     def first_seq(self) -> int:
@@ -653,6 +675,9 @@ class Client:
                 raise MessageError(
                     ErrorCode.INVALID_MESSAGE, f"{exc} - at `$.timestamp`", session_id=session_id
                 ) from None
+        producer, pseq = message.producer, message.pseq
+        if producer is not None and pseq is not None and self._resent(session_id, producer, pseq):
+            return
         data = message.data
         self.hub.publish_log(
             session_id,
@@ -662,12 +687,26 @@ class Client:
             data=None if data is msgspec.UNSET or bytes(data) == b"null" else data,
             now=now,
         )
+        if producer is not None and pseq is not None:
+            self.hub.sessions[session_id].mark_applied(producer, pseq)
 
     def _on_status(self, message: Status, now: float, wall: float) -> None:
-        self._require(Role.PRODUCE, message.sessionId)
+        session_id = message.sessionId
+        self._require(Role.PRODUCE, session_id)
+        producer, pseq = message.producer, message.pseq
+        if producer is not None and pseq is not None and self._resent(session_id, producer, pseq):
+            return
         self.hub.publish_status(
-            message.sessionId, status=message.status, metadata=message.metadata, now=now
+            session_id, status=message.status, metadata=message.metadata, now=now
         )
+        if producer is not None and pseq is not None:
+            self.hub.sessions[session_id].mark_applied(producer, pseq)
+
+    def _resent(self, session_id: str, producer: str, pseq: int) -> bool:
+        """An entry this producer sent before, resent after a broken
+        connection: already applied, so dropped without a reply."""
+        session = self.hub.sessions.get(session_id)
+        return session is not None and session.already_applied(producer, pseq)
 
     # The original container wrapper's envelopes (SPEC §3).
 

@@ -46,6 +46,11 @@ SeqNumber = Annotated[int, msgspec.Meta(ge=0)]
 StatusValue = Literal["running", "stopped", "error"]
 Level = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
 Token = Annotated[str, msgspec.Meta(max_length=8192)]
+# Producers may number their entries so that a resend after a broken
+# connection is applied once: ``producer`` names the sender (a random id per
+# producer process), ``pseq`` grows by one or more per entry it sends.
+ProducerId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+ProducerSeq = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class _Message(msgspec.Struct, tag_field="type", frozen=True, kw_only=True, omit_defaults=True):
@@ -102,6 +107,8 @@ class Log(_Message, tag="log", frozen=True, kw_only=True):
     message: str | msgspec.UnsetType = msgspec.UNSET
     data: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     seq: int | None = None
+    producer: ProducerId | None = None
+    pseq: ProducerSeq | None = None
 
 
 class Status(_Message, tag="status", frozen=True, kw_only=True):
@@ -111,6 +118,8 @@ class Status(_Message, tag="status", frozen=True, kw_only=True):
     status: StatusValue
     metadata: dict[str, Any] | None = None
     seq: int | None = None
+    producer: ProducerId | None = None
+    pseq: ProducerSeq | None = None
 
 
 # --- server -> client --------------------------------------------------------
