@@ -14,6 +14,16 @@ buffer is full gets a writer task, which waits for writability, finishes
 the partial buffer and pulls again; while it waits, the core's
 slow-consumer policy bounds what queues up behind it.
 
+Drivers. Under trio (and for TLS) each connection is an anyio task that
+waits for its socket to be readable. Under asyncio, the default, plain
+connections have no task at all: the socket is registered once with the
+loop's reader callbacks (``add_reader``/``add_writer``), and a readable
+socket is read, fed to the core and flushed synchronously. An idle viewer
+then costs only its core objects and a socket, and a wake-up costs one
+callback instead of a task switch through a future. One timer task serves
+every connection's core deadline (pings, pong and auth timeouts) from a
+heap, in both drivers.
+
 TLS connections use anyio's ``TLSStream`` instead of the raw socket: reads
 are stream receives and each connection has a writer task woken by an
 event. They take the slow path by design; put a proxy in front for many
@@ -25,6 +35,7 @@ global buffer full, so the kernel and the producers buffer, not us.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import heapq
 import math
@@ -86,6 +97,7 @@ class _Peer:
     """The runtime's side of one connection."""
 
     __slots__ = (
+        "closer",
         "conn",
         "deadline",
         "id",
@@ -109,6 +121,8 @@ class _Peer:
         self.stream: anyio.abc.ByteStream | None = None  # TLS only
         self.wake: anyio.Event | None = None  # TLS only
         self.writing = False
+        # asyncio driver only: the call_later that ends the lingering close.
+        self.closer: Any = None
 
 
 def _clock() -> tuple[float, float]:
@@ -146,6 +160,9 @@ class Server:
         self._allowed_origins = config.allowed_origins
         self._metrics_registry: Any = None
         self._timers: list[tuple[float, int, _Peer]] = []
+        # Set when the asyncio driver is in use (see "Drivers" above).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused: dict[int, _Peer] = {}
         self._timer_at = math.inf
         self._timer_wake = anyio.Event()
 
@@ -156,6 +173,11 @@ class Server:
     ) -> None:
         """Listen, serve until ``stop()`` or a signal, then shut down cleanly."""
         listener = self._listener or self.bind()
+        if self.ssl_context is None:
+            try:
+                self._loop = asyncio.get_running_loop()  # raises under trio
+            except RuntimeError:
+                self._loop = None
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._accept_loop, listener)
@@ -224,7 +246,13 @@ class Server:
             ):
                 await anyio.sleep(0.02)
         for peer in list(self.peers.values()):
-            self._wake_reader(peer)
+            if self._loop is not None:
+                if not peer.conn.closed:
+                    peer.conn.abort("server shutting down")
+                peer.pending = None
+                self._close_reactor_peer(peer)
+            else:
+                self._wake_reader(peer)
 
     async def _hub_timer(self) -> None:
         """Evicts ended sessions when their time comes."""
@@ -260,7 +288,10 @@ class Server:
                 sock.setblocking(False)
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._tg.start_soon(self._handle, sock, _format_peer(address))
+                if self._loop is not None:
+                    self._open_reactor_peer(sock, _format_peer(address))
+                else:
+                    self._tg.start_soon(self._handle, sock, _format_peer(address))
 
     # --- one connection ---------------------------------------------------------
 
@@ -426,8 +457,11 @@ class Server:
             owner = client.owner
             if isinstance(owner, _Peer):
                 self._flush(owner)
-        if not self.hub.producers_paused and not self._resume.is_set():
-            self._resume.set()
+        if not self.hub.producers_paused:
+            if not self._resume.is_set():
+                self._resume.set()
+            if self._paused:
+                self._resume_paused()
 
     def _flush(self, peer: _Peer) -> None:
         """Write what the core queued for ``peer``: one send, no await."""
@@ -451,8 +485,11 @@ class Server:
             if sent < len(data):
                 peer.pending = memoryview(data)[sent:]
                 peer.writing = True
-                assert self._tg is not None
-                self._tg.start_soon(self._writer, peer)
+                if self._loop is not None:
+                    self._loop.add_writer(peer.sock, self._on_writable, peer)
+                else:
+                    assert self._tg is not None
+                    self._tg.start_soon(self._writer, peer)
                 return
         if peer.conn.closed:
             self._wake_reader(peer)
@@ -487,8 +524,147 @@ class Server:
             self._resume.set()
 
     def _wake_reader(self, peer: _Peer) -> None:
-        if peer.scope is not None:
+        if self._loop is not None:
+            if peer.conn.closed and peer.pending is None:
+                self._close_reactor_peer(peer)
+        elif peer.scope is not None:
             peer.scope.cancel()
+
+    # --- the asyncio driver: callbacks, no task per connection ---------------
+
+    def _open_reactor_peer(self, sock: socket.socket, peer_name: str) -> None:
+        assert self._loop is not None
+        self._next_id += 1
+        self.connections_total += 1
+        now = time.monotonic()
+        conn = Connection(self.hub, now=now, allowed_origins=self._allowed_origins)
+        peer = _Peer(sock, conn, peer_name, self._next_id)
+        self.peers[peer.id] = peer
+        self._loop.add_reader(sock, self._on_readable, peer)
+        self._schedule(peer)
+
+    def _on_readable(self, peer: _Peer) -> None:
+        conn = peer.conn
+        try:
+            client = conn.client
+            if (
+                client is not None
+                and self.hub.producers_paused
+                and client.grant is not None
+                and Role.PRODUCE in client.grant.roles
+            ):
+                # Stop reading this producer until the clients drain; the
+                # kernel, then the producer, buffer meanwhile.
+                assert self._loop is not None
+                self._loop.remove_reader(peer.sock)
+                self._paused[peer.id] = peer
+                return
+            for _ in range(8):
+                try:
+                    data = peer.sock.recv(_RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    data = b""
+                now, wall = _clock()
+                conn.receive_data(data, now=now, wall=wall)
+                self._after_input(peer)
+                if len(data) < _RECV_SIZE or conn.closed:
+                    break
+            self._schedule(peer)
+        except Exception as exc:  # a bug must cost one connection, not the server
+            self.log.error("connection failed", id=peer.id, error=repr(exc))
+            conn.abort("internal error")
+            peer.pending = None
+        if conn.closed:
+            self._wake_reader(peer)
+
+    def _resume_paused(self) -> None:
+        loop = self._loop
+        if loop is None or not self._paused:
+            return
+        paused = self._paused
+        self._paused = {}
+        for peer in paused.values():
+            if peer.id in self.peers and not peer.conn.closed:
+                loop.add_reader(peer.sock, self._on_readable, peer)
+                loop.call_soon(self._on_readable, peer)
+
+    def _on_writable(self, peer: _Peer) -> None:
+        """A full socket has room again: finish the partial buffer, then
+        keep draining the core until it has nothing more or the socket is
+        full again."""
+        assert self._loop is not None
+        try:
+            while peer.pending is not None:
+                try:
+                    sent = peer.sock.send(peer.pending)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    peer.pending = None
+                    peer.conn.abort("write failed")
+                    break
+                self.bytes_out += sent
+                if sent < len(peer.pending):
+                    peer.pending = peer.pending[sent:]
+                    return
+                peer.pending = None
+                data = peer.conn.data_to_send()
+                if data:
+                    peer.pending = memoryview(data)
+        except Exception as exc:
+            self.log.error("connection failed", id=peer.id, error=repr(exc))
+            peer.pending = None
+            peer.conn.abort("internal error")
+        self._loop.remove_writer(peer.sock)
+        peer.writing = False
+        self._drain_events(peer)
+        if not self.hub.producers_paused:
+            self._resume_paused()
+        if peer.conn.closed:
+            self._wake_reader(peer)
+
+    def _close_reactor_peer(self, peer: _Peer) -> None:
+        """Closed and flushed: half-close and drain briefly (a lingering
+        close, as in ``_linger``), then release the socket."""
+        loop = self._loop
+        assert loop is not None
+        if peer.closer is not None or peer.id not in self.peers:
+            return
+        self.peers.pop(peer.id, None)
+        self._paused.pop(peer.id, None)
+        self._drain_events(peer)
+        sock = peer.sock
+        loop.remove_reader(sock)
+        if peer.writing:
+            loop.remove_writer(sock)
+            peer.writing = False
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        peer.closer = loop.call_later(0.5, self._release, peer)
+        loop.add_reader(sock, self._on_linger_readable, peer)
+
+    def _on_linger_readable(self, peer: _Peer) -> None:
+        try:
+            chunk = peer.sock.recv(65_536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._release(peer)
+
+    def _release(self, peer: _Peer) -> None:
+        assert self._loop is not None
+        if peer.closer is not None:
+            peer.closer.cancel()
+        if peer.sock.fileno() >= 0:
+            self._loop.remove_reader(peer.sock)
+            peer.sock.close()
 
     # --- TLS: the stream path -------------------------------------------------
 
