@@ -288,8 +288,10 @@ class Connection:
         elif self._ping_at is not None and now >= self._ping_at:
             self._pings += 1
             self._ping_payload = str(self._pings).encode()
-            assert self._ws is not None
-            client.queue_frame(self._ws.send(Ping(payload=self._ping_payload)))
+            # An unmasked server ping (RFC 6455 §5.5.2), built here rather
+            # than by wsproto: every idle connection sends one per interval.
+            payload = self._ping_payload
+            client.queue_frame(bytes((0x89, len(payload))) + payload)
             self._pong_deadline = now + self.hub.limits.ping_timeout
             self._ping_at = None
 
@@ -589,9 +591,22 @@ class Connection:
         end_of_data = len(data)
         pos = 0
         while pos + 6 <= end_of_data:
-            if data[pos] != 0x81:  # FIN, no RSV, text
-                break
+            first = data[pos]
             second = data[pos + 1]
+            if first == 0x8A and second & 0x80 and (second & 0x7F) < 126:
+                # A pong (§5.5.3): the keepalive's answer, once per interval
+                # from every viewer.
+                end = pos + 6 + (second & 0x7F)
+                if end > end_of_data:
+                    break
+                payload = _unmask(data[pos + 2 : pos + 6], data[pos + 6 : end])
+                if self._pong_deadline is not None and payload == self._ping_payload:
+                    self._pong_deadline = None
+                    self._ping_at = now + self.hub.limits.ping_interval
+                pos = end
+                continue
+            if first != 0x81:  # FIN, no RSV, text
+                break
             if not second & 0x80:  # unmasked: wsproto closes with 1002
                 break
             length = second & 0x7F
@@ -609,11 +624,8 @@ class Connection:
             end = start + length
             if length > limit or end > end_of_data:
                 break
-            mask = data[start - 4 : start]
-            masked = int.from_bytes(data[start:end], "big")
-            key = int.from_bytes((mask * ((length >> 2) + 1))[:length], "big")
             try:
-                text = (masked ^ key).to_bytes(length, "big").decode("utf-8")
+                text = _unmask(data[start - 4 : start], data[start:end]).decode("utf-8")
             except UnicodeDecodeError:  # wsproto closes with 1007
                 break
             pos = end
@@ -715,6 +727,14 @@ class Connection:
 
 
 _CLOSE_CODES = frozenset(int(c) for c in CloseCode)
+
+
+def _unmask(mask: bytes, payload: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte ``mask`` (RFC 6455 §5.3), as one big
+    integer operation instead of a loop over bytes."""
+    length = len(payload)
+    key = int.from_bytes((mask * ((length >> 2) + 1))[:length], "big")
+    return (int.from_bytes(payload, "big") ^ key).to_bytes(length, "big")
 
 
 def _wsproto_idle(ws: _WSConnection) -> bool:

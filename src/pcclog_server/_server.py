@@ -71,6 +71,7 @@ from ._metrics import render_metrics
 __all__ = ["Server", "Source"]
 
 _RECV_SIZE = 262_144
+_TIMER_SLACK = 0.01  # seconds a deadline may be served late, to batch wake-ups
 _STATIC = Path(__file__).parent / "static"
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -411,9 +412,12 @@ class Server:
                 else:
                     self._schedule(peer)
             self.flush_ready()
-            self._timer_at = timers[0][0] if timers else math.inf
+            # Timer slack: deadlines due within the next few milliseconds
+            # are served by one wake-up, so 10,000 connections' pings cost a
+            # few hundred wake-ups per round rather than 10,000.
+            self._timer_at = (timers[0][0] if timers else math.inf) + _TIMER_SLACK
             self._timer_wake = anyio.Event()
-            with anyio.move_on_after(max(0.0, self._timer_at - time.monotonic())):
+            with anyio.move_on_after(max(_TIMER_SLACK, self._timer_at - time.monotonic())):
                 await self._timer_wake.wait()
 
     async def _linger(self, sock: socket.socket) -> None:

@@ -88,14 +88,20 @@ in order, on the next connection. So:
   session's entries are refused here for ``refuse_retry`` seconds, 5 by
   default, instead of drawing a stream of errors);
 * **order**: entries reach the server in the order they were given;
-* **exactly once**, with one precise exception: entries in flight (sent,
-  not yet proven; at most ``max_in_flight``, default 1,000, and in practice
-  those of the last round trip) when a connection broke are sent again,
-  and those the *same* server process had handled anyway then appear
-  twice. Without server-side de-duplication a producer cannot learn which
-  of them arrived, so this is the bound. Entries buffered while the server
-  was unreachable are delivered exactly once; so is everything a restarted
-  server receives (the old one's memory is gone with it).
+* **exactly once while the server process stays the same**: every entry
+  carries the producer's id (``producer``, random per ``Producer``) and its
+  own number (``pseq``, growing across every session it writes); the
+  server remembers, per session, the highest ``pseq`` it applied for each
+  producer and drops a resend of one it already applied. So the entries in
+  flight (sent, not yet proven; at most ``max_in_flight``, default 1,000)
+  when a connection broke are sent again and land once. The exception is
+  a server restart: entries the old server handled but never confirmed
+  (those of the last round trip before it died) are sent again to the new
+  server, whose memory starts empty, and appear there again. (Also: the
+  server remembers the 64 most recent producers of a session, and a
+  server older than this numbering ignores it and applies resends again.)
+  Entries buffered while the server was unreachable are delivered exactly
+  once.
 
 Long messages are split so no frame exceeds ``max_message_size`` (the
 server's ``MAX_MESSAGE_SIZE``): the parts are consecutive entries whose
@@ -111,6 +117,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Literal, cast
 
@@ -806,6 +813,15 @@ class Producer:
     (call them from the event loop's thread); ``await flush()`` waits until
     everything given so far is confirmed.
 
+    Every entry is numbered when it is created (``producer``: this
+    instance's random ``producer_id``; ``pseq``: one more than the entry
+    before, across all sessions; the parts of a split message get
+    consecutive numbers), and a resend carries the same number. So delivery
+    is exactly once while the server process stays the same: the server
+    drops a resend it already applied. Across a server restart, entries the
+    old server handled but never confirmed can appear again on the new one
+    (its memory of what was applied starts empty).
+
     Counters: ``pending`` (entries not yet confirmed), ``dropped`` (removed
     by buffer overflow), ``rejected`` (refused by the server). ``error`` is
     set, and the producer stops, when the server refuses the token itself.
@@ -846,6 +862,10 @@ class Producer:
         self.rejected = 0
         self.error: AuthenticationError | None = None
         self.connected = False
+        # Resend de-duplication (see the module docstring): a random id of
+        # this producer, and the number of the last entry it created.
+        self.producer_id = uuid.uuid4().hex
+        self._pseq = 0
         self._buffer: collections.deque[_Entry] = collections.deque()
         self._base = 0  # id of _buffer[0]; ids are contiguous
         self._sent_upto = 0  # id of the next entry to send on this connection
@@ -910,14 +930,23 @@ class Producer:
         }
         if data is not None:
             entry["data"] = data
+        entry["producer"] = self.producer_id
+        entry["pseq"] = self._pseq + 1
         text = _dumps(entry)
         if len(text) * 4 + 64 <= self.max_message_size or (
             len(text.encode()) <= self.max_message_size - 64
         ):
+            self._pseq += 1
             self._append(session_id, text)
             return
-        # Too big: split the message text over several entries.
-        skeleton = dict(entry, message="", data={**(data or {}), "part": 999999, "parts": 999999})
+        # Too big: split the message text over several entries, numbered
+        # consecutively.
+        skeleton = dict(
+            entry,
+            message="",
+            data={**(data or {}), "part": 999999, "parts": 999999},
+            pseq=self._pseq + 1_000_000,
+        )
         budget = self.max_message_size - 64 - len(_dumps(skeleton).encode())
         if budget < 64:
             raise ValueError(
@@ -925,8 +954,12 @@ class Producer:
             )
         pieces = split_message(message, budget)
         for number, piece in enumerate(pieces, 1):
+            self._pseq += 1
             part = dict(
-                entry, message=piece, data={**(data or {}), "part": number, "parts": len(pieces)}
+                entry,
+                message=piece,
+                data={**(data or {}), "part": number, "parts": len(pieces)},
+                pseq=self._pseq,
             )
             self._append(session_id, _dumps(part))
 
@@ -941,11 +974,14 @@ class Producer:
         entry: dict[str, Any] = {"type": "status", "sessionId": session_id, "status": status}
         if metadata:
             entry["metadata"] = metadata
+        entry["producer"] = self.producer_id
+        entry["pseq"] = self._pseq + 1
         text = _dumps(entry)
         if len(text.encode()) > self.max_message_size - 64:
             raise ValueError(
                 f"status metadata is too large for MAX_MESSAGE_SIZE ({self.max_message_size} bytes)"
             )
+        self._pseq += 1
         self._append(session_id, text)
 
     async def flush(self, timeout: float | None = None) -> bool:
