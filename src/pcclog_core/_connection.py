@@ -543,6 +543,18 @@ class Connection:
             return
         if ws.state is _WSState.CLOSED:
             return
+        # Everything one read brought is one batch: each viewer gets the
+        # entries it is owed from this chunk with one append (Hub.begin_batch).
+        hub = self.hub
+        hub.begin_batch()
+        try:
+            self._receive_frames_batched(ws, client, data, now, wall)
+        finally:
+            hub.end_batch()
+
+    def _receive_frames_batched(
+        self, ws: _WSConnection, client: Client, data: bytes, now: float, wall: float
+    ) -> None:
         if self.state is ConnectionState.OPEN and not self._parts and _wsproto_idle(ws):
             consumed = self._receive_simple_frames(data, client, now, wall)
             if consumed == len(data):

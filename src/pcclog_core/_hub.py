@@ -111,6 +111,7 @@ class Session:
         "frames",
         "id",
         "metadata",
+        "pending",
         "producers",
         "seq",
         "status",
@@ -128,6 +129,8 @@ class Session:
         # take bare JSON payloads (an embedder's WebSocket stack).
         self.subscribers: dict[Client, None] = {}
         self.viewers_plain: dict[Client, None] = {}
+        # Log frames published in the current batch, not yet fanned out.
+        self.pending: list[bytes] = []
         # Highest ``pseq`` applied per producer id, newest producers last.
         self.producers: dict[str, int] = {}
 
@@ -175,6 +178,8 @@ class Hub:
         self._pending: dict[str, dict[Client, None]] = {}
         self._ready: list[Client] = []
         self._doomed: list[Client] = []
+        self._batch_depth = 0
+        self._dirty: list[Session] = []
         self.clients: dict[Client, None] = {}
 
     # --- the runtime's side ------------------------------------------------
@@ -200,6 +205,8 @@ class Hub:
 
     def handle_timeout(self, now: float) -> None:
         """Evict ended sessions older than ``session_timeout``."""
+        if self._dirty:
+            self.flush_batch()
         timeout = self.limits.session_timeout
         while self._ended:
             session_id, ended_at = next(iter(self._ended.items()))
@@ -239,8 +246,42 @@ class Hub:
         )
         frame = text_frame(encode(entry))
         session.frames.append(frame)
-        self._fan_out(session, frame, seq, droppable=True)
+        if self._batch_depth:
+            if not session.pending:
+                self._dirty.append(session)
+            session.pending.append(frame)
+        else:
+            self._fan_out(session, [frame], seq, droppable=True)
         return seq
+
+    def begin_batch(self) -> None:
+        """Defer the fan-out of ``log`` entries until ``end_batch``.
+
+        Within a batch, the log entries of one session are joined into one
+        buffer that every viewer gets with a single append: the cost per
+        viewer is per batch (one producer read), not per entry. Anything
+        that must see entries in order (a status, a subscribe, an eviction)
+        flushes the batch first, so batching changes no order anyone can
+        observe. Batches nest; the outermost ``end_batch`` flushes.
+        """
+        self._batch_depth += 1
+
+    def end_batch(self) -> None:
+        self._batch_depth -= 1
+        if self._batch_depth == 0 and self._dirty:
+            self.flush_batch()
+
+    def flush_batch(self) -> None:
+        """Fan out every deferred entry now (the batch stays open)."""
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        for session in dirty:
+            frames = session.pending
+            session.pending = []
+            if frames:
+                self._fan_out(session, frames, session.seq - len(frames) + 1, droppable=True)
 
     def publish_status(
         self,
@@ -253,6 +294,8 @@ class Hub:
         """Record a status change (metadata merged) and fan it out. Returns
         its seq. An ended session is evicted ``session_timeout`` later; a
         ``running`` status revives it."""
+        if self._dirty:
+            self.flush_batch()
         session = self.sessions.get(session_id)
         if session is None:
             merged = dict(metadata or {})
@@ -282,7 +325,7 @@ class Hub:
             self._ended[session_id] = now
         session.seq = seq
         session.frames.append(frame)
-        self._fan_out(session, frame, seq, droppable=False)
+        self._fan_out(session, [frame], seq, droppable=False)
         return seq
 
     def list_sessions(self, grant: Grant | None = None) -> list[SessionInfo]:
@@ -314,6 +357,8 @@ class Hub:
         return session
 
     def _evict(self, session_id: str) -> None:
+        if self._dirty:
+            self.flush_batch()
         self._ended.pop(session_id, None)
         session = self.sessions.pop(session_id, None)
         if session is None:
@@ -323,14 +368,19 @@ class Hub:
             if session_id in client._explicit:
                 self._pending.setdefault(session_id, {})[client] = None
 
-    def _fan_out(self, session: Session, frame: bytes, seq: int, *, droppable: bool) -> None:
-        """Queue ``frame`` for every subscriber of ``session``.
+    def _fan_out(
+        self, session: Session, frames: list[bytes], first: int, *, droppable: bool
+    ) -> None:
+        """Queue ``frames`` (entries ``first``… of ``session``) for every
+        subscriber.
 
-        The loop body is the whole per-viewer cost of an entry: an append
-        and a byte count. Totals are derived once after the loop from the
-        (rare) drops instead of being summed per viewer.
+        They are joined once into one buffer, and the loop body is the whole
+        per-viewer cost: one append and a byte count. Totals are derived
+        after the loop from the (rare) drops instead of summed per viewer.
         """
-        size = len(frame)
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        size = len(data)
+        last = first + len(frames) - 1
         limit = self.limits.connection_buffer if droppable else _NO_LIMIT
         ready = self._ready
         subscribers = session.subscribers
@@ -340,32 +390,33 @@ class Hub:
             if out_bytes < limit:
                 if client._gaps:
                     client._flush_gap(session.id)
-                client._out.append(frame)
+                client._out.append(data)
                 client._out_bytes = out_bytes + size
                 if not client._ready:
                     client._ready = True
                     ready.append(client)
             else:
                 dropped += 1
-                client._overflow(session.id, seq)
-        delivered = len(subscribers) - dropped
-        queued = delivered * size
+                client._overflow(session.id, first, last)
+        clients = len(subscribers) - dropped
+        queued = clients * size
+        delivered = clients * len(frames)
         if session.viewers_plain:
-            payload = frame[frame_header_length(frame) :]
-            psize = len(payload)
+            payloads = [f[frame_header_length(f) :] for f in frames]
+            psize = sum(map(len, payloads))
             for client in session.viewers_plain:
                 if client._out_bytes < limit:
                     if client._gaps:
                         client._flush_gap(session.id)
-                    client._out.append(payload)
+                    client._out.extend(payloads)
                     client._out_bytes += psize
                     queued += psize
-                    delivered += 1
+                    delivered += len(payloads)
                     if not client._ready:
                         client._ready = True
                         ready.append(client)
                 else:
-                    client._overflow(session.id, seq)
+                    client._overflow(session.id, first, last)
         self.queued_bytes += queued
         self.counters.deliveries += delivered
         if self._doomed:
@@ -489,6 +540,8 @@ class Client:
         try:
             message = decode_client_message(text)
             handler = _HANDLERS[type(message)]
+            if hub._dirty and handler not in _BATCHABLE:
+                hub.flush_batch()
             if handler not in _EXEMPT or self.grant is None or Role.PRODUCE not in self.grant.roles:
                 self._take_rate_token(now)
             handler(self, message, now, wall)
@@ -851,6 +904,8 @@ class Client:
 
     def _attach(self, session: Session, *, since: int | None, tail: int | None) -> None:
         """Snapshot, replay, then live (see "Ordering" above)."""
+        if self.hub._dirty:
+            self.hub.flush_batch()
         session_id = session.id
         if session_id in self._attached:
             self._detach(session_id)
@@ -906,20 +961,21 @@ class Client:
         hub._wildcard.pop(self, None)
         self.wildcard = False
 
-    def _overflow(self, session_id: str, seq: int) -> None:
-        """A log entry found the outbound buffer full (called by fan-out)."""
+    def _overflow(self, session_id: str, first: int, last: int) -> None:
+        """Log entries ``first..last`` found the outbound buffer full (called
+        by fan-out)."""
         counters = self.hub.counters
         if self.hub.limits.slow_consumer == "disconnect":
             if self.close_request is None and self not in self.hub._doomed:
                 counters.slow_consumer_disconnects += 1
                 self.hub._doomed.append(self)
             return
-        counters.slow_consumer_drops += 1
+        counters.slow_consumer_drops += last - first + 1
         gap = self._gaps.get(session_id)
         if gap is None:
-            self._gaps[session_id] = [seq, seq]
+            self._gaps[session_id] = [first, last]
         else:
-            gap[1] = seq
+            gap[1] = last
 
     def _flush_gap(self, session_id: str) -> None:
         gap = self._gaps.pop(session_id, None)
@@ -939,10 +995,16 @@ class Client:
         )
 
     def _queue_private(self, payload: bytes) -> None:
+        if self._gaps:
+            # A reply goes after every gap already known: a client that pings
+            # as a barrier has heard of every entry it missed by the pong.
+            self._flush_all_gaps()
         self._out.append(text_frame(payload) if self.framed else payload)
         self._mark_ready()
 
     def _queue_private_frame(self, frame: bytes) -> None:
+        if self._gaps:
+            self._flush_all_gaps()
         self._out.append(frame if self.framed else frame[frame_header_length(frame) :])
         self._mark_ready()
 
@@ -973,6 +1035,10 @@ _HANDLERS: dict[type[ClientMessage], _Handler] = {
     WrapperComplete: Client._on_wrapper_complete,
     WrapperHeartbeat: Client._on_wrapper_heartbeat,
 }
+# Entries whose fan-out may be deferred to the end of a batch (log only).
+_BATCHABLE: frozenset[_Handler] = frozenset(
+    {Client._on_log, Client._on_wrapper_log, Client._on_wrapper_error}
+)
 # Producer entries are throttled by the global buffer, not the rate limit.
 _EXEMPT: frozenset[_Handler] = frozenset(
     {
