@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 import re
-import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 __all__ = ["format_wall", "normalize_timestamp"]
 
 _CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 _second_cache: tuple[int | None, str] = (None, "")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FIRST_YEAR = datetime(1, 1, 1, tzinfo=UTC).timestamp()
 _AFTER_LAST_YEAR = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
 
@@ -25,10 +25,9 @@ def format_wall(wall: float) -> str:
     millis = min(999, int((wall - whole) * 1000))
     cached_second, prefix = _second_cache
     if cached_second != whole:
-        t = time.gmtime(whole)
+        t = _EPOCH + timedelta(seconds=whole)
         prefix = (
-            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
-            f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+            f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
         )
         _second_cache = (whole, prefix)
     return f"{prefix}.{millis:03d}Z"
