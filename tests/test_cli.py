@@ -10,7 +10,6 @@ import pty
 import queue
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from conftest import REPO, ServerProcess, wait_for
+from conftest import REPO, ServerProcess, free_port, wait_for
 
 from pcclog_server.client import Producer
 
@@ -96,12 +95,6 @@ class Lines:
     def all(self) -> list[str]:
         self._pull()
         return self.lines
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def jsonl(text: str) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, ServerProcess, wait_for
+from conftest import REPO, ServerProcess, free_port, wait_for
 from websockets.protocol import State
 from wsclient import ConnectionClosed, barrier, open_ws, recv_json
 
@@ -72,13 +72,6 @@ def _nginx_binary() -> str:
             pytest.fail(f"PCCLOG_REQUIRE_NGINX=1 but {problem}")
         pytest.skip(problem)
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def render_nginx_conf(
@@ -179,7 +172,7 @@ def start_nginx(tmp_path: Path) -> Iterator[Callable[[int], Nginx]]:
         cert, key = prefix / "cert.pem", prefix / "key.pem"
         cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
         issued.private_key_pem.write_to_path(str(key))
-        http_port, https_port = _free_port(), _free_port()
+        http_port, https_port = free_port(), free_port()
         (prefix / "pcclog.conf").write_text(
             render_nginx_conf(
                 NGINX_CONF.read_text(),
@@ -437,7 +430,7 @@ def test_dockerfile_healthcheck_against_a_real_server(
     env["PORT"] = str(server.port)
     healthy = subprocess.run([sys.executable, *command[1:]], env=env, timeout=30)
     assert healthy.returncode == 0
-    env["PORT"] = str(_free_port())  # nothing listens there
+    env["PORT"] = str(free_port())  # nothing listens there
     sick = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30)
     assert sick.returncode != 0
 

@@ -7,26 +7,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import free_port, wait_for
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 websockets = pytest.importorskip("websockets")
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _up(port: int) -> bool:
@@ -38,7 +31,7 @@ def _up(port: int) -> bool:
 
 
 def test_hub_embedded_in_starlette(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "uvicorn.log", "wb")
     proc = subprocess.Popen(
         [

@@ -27,11 +27,11 @@ import struct
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
-from conftest import REPO, TEST_IMAGE, ServerProcess
+from conftest import REPO, TEST_IMAGE, ServerProcess, run, until
 from websockets.asyncio.client import connect
 
 from pcclog_server.client import Producer, Subscription, list_sessions
@@ -40,35 +40,6 @@ T = TypeVar("T")
 TOKEN = "test-token"
 CLI = [sys.executable, "-m", "pcclog_server.cli"]
 OUTAGE = 10.0  # seconds the proxy refuses connections in case 14
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
-
-
-async def until(
-    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = ""
-) -> None:
-    """Poll ``condition`` (sync or async) until true, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if not isinstance(value, bool):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the fault proxy -----------------------------------------------------------

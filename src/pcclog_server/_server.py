@@ -504,21 +504,11 @@ class Server:
             while peer.pending is not None:
                 try:
                     await anyio.wait_writable(peer.sock)
-                    sent = peer.sock.send(peer.pending)
-                except (BlockingIOError, InterruptedError):
-                    continue
                 except (OSError, anyio.ClosedResourceError):
                     peer.pending = None
                     peer.conn.abort("write failed")
                     break
-                self.bytes_out += sent
-                if sent < len(peer.pending):
-                    peer.pending = peer.pending[sent:]
-                    continue
-                peer.pending = None
-                data = peer.conn.data_to_send()
-                if data:
-                    peer.pending = memoryview(data)
+                self._send_pending(peer)
         finally:
             peer.writing = False
         self._drain_events(peer)
@@ -526,6 +516,29 @@ class Server:
             self._wake_reader(peer)
         if not self.hub.producers_paused and not self._resume.is_set():
             self._resume.set()
+
+    def _send_pending(self, peer: _Peer) -> bool:
+        """Write the partial buffer, then whatever the core queued since,
+        until the socket is full (False: wait for writability again) or
+        everything is out (True)."""
+        while peer.pending is not None:
+            try:
+                sent = peer.sock.send(peer.pending)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                peer.pending = None
+                peer.conn.abort("write failed")
+                return True
+            self.bytes_out += sent
+            if sent < len(peer.pending):
+                peer.pending = peer.pending[sent:]
+                return False
+            peer.pending = None
+            data = peer.conn.data_to_send()
+            if data:
+                peer.pending = memoryview(data)
+        return True
 
     def _wake_reader(self, peer: _Peer) -> None:
         if self._loop is not None:
@@ -600,23 +613,8 @@ class Server:
         full again."""
         assert self._loop is not None
         try:
-            while peer.pending is not None:
-                try:
-                    sent = peer.sock.send(peer.pending)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    peer.pending = None
-                    peer.conn.abort("write failed")
-                    break
-                self.bytes_out += sent
-                if sent < len(peer.pending):
-                    peer.pending = peer.pending[sent:]
-                    return
-                peer.pending = None
-                data = peer.conn.data_to_send()
-                if data:
-                    peer.pending = memoryview(data)
+            if not self._send_pending(peer):
+                return
         except Exception as exc:
             self.log.error("connection failed", id=peer.id, error=repr(exc))
             peer.pending = None
