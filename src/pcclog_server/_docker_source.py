@@ -700,6 +700,9 @@ class DockerSource:
         now = time.monotonic()
         session_id = t.session_id
         publish = hub.publish_log
+        # One read's lines are one hub batch: each viewer gets them with a
+        # single append (Hub.begin_batch).
+        hub.begin_batch()
         try:
             for level, message, timestamp, raw in batch:
                 publish(
@@ -707,6 +710,8 @@ class DockerSource:
                 )
         except MessageError as exc:
             self._refused(t, exc)
+        finally:
+            hub.end_batch()
         for error in errors:
             server.log.warn(
                 "Docker engine error in a log stream", container=t.short_id, error=error

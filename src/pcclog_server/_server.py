@@ -285,7 +285,12 @@ class Server:
                         self.log.error("accept failed: out of resources", error=str(exc))
                         await anyio.sleep(0.1)
                         break
-                    return
+                    if self._stopping or exc.errno == errno.EBADF:
+                        return
+                    # ECONNABORTED, EPROTO, EPERM (a firewall)...: that one
+                    # connection is lost, the listener is fine.
+                    self.log.debug("accept failed", error=str(exc))
+                    continue
                 sock.setblocking(False)
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
