@@ -337,39 +337,18 @@ class Server:
     async def _run_plain(self, peer: _Peer) -> None:
         conn = peer.conn
         sock = peer.sock
-        hub = self.hub
         self._schedule(peer)
         with anyio.CancelScope() as scope:
             peer.scope = scope
             while not conn.closed:
-                client = conn.client
-                if (
-                    client is not None
-                    and hub.producers_paused
-                    and client.grant is not None
-                    and Role.PRODUCE in client.grant.roles
-                ):
+                if self._must_pause(peer):
                     await self._wait_resume(conn)
                 try:
                     await anyio.wait_readable(sock)
                 except (anyio.ClosedResourceError, OSError):
                     conn.abort("socket closed")
                     break
-                # A full buffer usually means more is waiting: read on
-                # before going back to the loop.
-                for _ in range(8):
-                    try:
-                        data = sock.recv(_RECV_SIZE)
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError:
-                        data = b""
-                    now, wall = _clock()
-                    conn.receive_data(data, now=now, wall=wall)
-                    self._after_input(peer)
-                    if len(data) < _RECV_SIZE or conn.closed:
-                        break
-                self._schedule(peer)
+                self._read_ready(peer)
         peer.scope = None
         if self._stopping and not conn.closed:
             conn.abort("server shutting down")
@@ -446,6 +425,34 @@ class Server:
                 if not chunk:
                     return
                 budget -= len(chunk)
+
+    def _must_pause(self, peer: _Peer) -> bool:
+        """A producer, while the hub's global buffer is full."""
+        if not self.hub.producers_paused:
+            return False
+        client = peer.conn.client
+        return (
+            client is not None and client.grant is not None and (Role.PRODUCE in client.grant.roles)
+        )
+
+    def _read_ready(self, peer: _Peer) -> None:
+        """Read a readable socket into the core and write what it produced.
+        A full read usually means more is waiting: read on (bounded) before
+        giving the loop back."""
+        conn = peer.conn
+        for _ in range(8):
+            try:
+                data = peer.sock.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            now, wall = _clock()
+            conn.receive_data(data, now=now, wall=wall)
+            self._after_input(peer)
+            if len(data) < _RECV_SIZE or conn.closed:
+                break
+        self._schedule(peer)
 
     async def _wait_resume(self, conn: Connection) -> None:
         with anyio.move_on_after(1.0):
@@ -568,32 +575,14 @@ class Server:
     def _on_readable(self, peer: _Peer) -> None:
         conn = peer.conn
         try:
-            client = conn.client
-            if (
-                client is not None
-                and self.hub.producers_paused
-                and client.grant is not None
-                and Role.PRODUCE in client.grant.roles
-            ):
+            if self._must_pause(peer):
                 # Stop reading this producer until the clients drain; the
                 # kernel, then the producer, buffer meanwhile.
                 assert self._loop is not None
                 self._loop.remove_reader(peer.sock)
                 self._paused[peer.id] = peer
                 return
-            for _ in range(8):
-                try:
-                    data = peer.sock.recv(_RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    data = b""
-                now, wall = _clock()
-                conn.receive_data(data, now=now, wall=wall)
-                self._after_input(peer)
-                if len(data) < _RECV_SIZE or conn.closed:
-                    break
-            self._schedule(peer)
+            self._read_ready(peer)
         except Exception as exc:  # a bug must cost one connection, not the server
             self.log.error("connection failed", id=peer.id, error=repr(exc))
             conn.abort("internal error")
