@@ -419,6 +419,11 @@ class RawWebSocket:
             if chunk:
                 self.parser.feed(chunk)
 
+    def frames(self, timeout: float = 5.0) -> Iterator[Frame]:
+        """Frames until EOF; each must arrive within ``timeout``."""
+        while (frame := self.recv_frame(timeout)) is not None:
+            yield frame
+
     def recv_message(self, timeout: float = 5.0) -> Any:
         """The next text message decoded (control frames other than close
         skipped); ``ConnectionError`` on a close or EOF."""

@@ -20,10 +20,10 @@ from typing import Any
 import psutil
 import pytest
 from conftest import ServerProcess, wait_for
+from rawws import RawWebSocket
 from websockets.exceptions import InvalidStatus
 from wsclient import (
     ConnectionClosed,
-    RawWebSocket,
     barrier,
     open_ws,
     produce,
@@ -127,7 +127,7 @@ def test_resume_with_since_after_the_connection_is_cut(start_server: Start) -> N
     with open_ws(server.url, token=TOKEN) as producer:
         produce(producer, "job", *(f"line {i}" for i in range(1, 6)))
 
-        viewer = RawWebSocket(server.port, f"/?token={TOKEN}")
+        viewer = RawWebSocket.connect(server.port, f"/?token={TOKEN}")
         viewer.send_json({"type": "subscribe", "sessionId": "job"})
         snapshot = viewer.recv_frame()
         assert snapshot is not None and snapshot.json()["type"] == "status"
@@ -351,7 +351,7 @@ def test_sigterm_closes_clients_with_1001_and_exits_0(start_server: Start) -> No
     produce(clients[2], "s", "x")
     for client in clients:
         barrier(client)
-    raw = RawWebSocket(server.port, f"/?token={TOKEN}")  # never echoes the close
+    raw = RawWebSocket.connect(server.port, f"/?token={TOKEN}")  # never echoes the close
 
     started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
@@ -517,7 +517,7 @@ def test_slow_consumer(start_server: Start, policy: str) -> None:
         producer.send('{"type":"status","sessionId":"flood","status":"running"}')  # seq 1
         barrier(producer)
         # The slow viewer: a 4 KiB receive buffer, subscribes, then stops reading.
-        slow = RawWebSocket(server.port, f"/?token={TOKEN}", rcvbuf=4096)
+        slow = RawWebSocket.connect(server.port, f"/?token={TOKEN}", rcvbuf=4096)
         slow.send_json({"type": "subscribe", "sessionId": "flood", "since": 1})
         slow.send_json({"type": "ping"})
         snapshot, pong = slow.recv_frame(), slow.recv_frame()
@@ -638,9 +638,9 @@ def test_keepalive_closes_silent_clients_with_1011(start_server: Start) -> None:
     server = start_server(env={"WS_PING_INTERVAL": "200", "WS_PING_TIMEOUT": "200"})
     # The websockets client answers the server's pings by itself.
     with open_ws(server.url, token=TOKEN, ping_interval=None) as healthy:
-        answering = _PingAnswerer(RawWebSocket(server.port, f"/?token={TOKEN}"))
+        answering = _PingAnswerer(RawWebSocket.connect(server.port, f"/?token={TOKEN}"))
         answering.start()
-        silent = RawWebSocket(server.port, f"/?token={TOKEN}")  # never answers a ping
+        silent = RawWebSocket.connect(server.port, f"/?token={TOKEN}")  # never answers a ping
         started = time.monotonic()
 
         frames = list(silent.frames(timeout=3))
