@@ -34,7 +34,7 @@ from typing import IO, Any
 from pcclog_core._timefmt import format_wall
 
 from .client import Producer
-from .cmd_tail import LEVELS, add_connection_arguments, setup_logging
+from .cmd_tail import LEVELS, add_connection_arguments, number, setup_logging
 
 __all__ = ["LineSplitter", "cmd_run", "register"]
 
@@ -315,36 +315,6 @@ def _level(text: str) -> str:
     return text.lower()
 
 
-def _int_at_least(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
-        return value
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
-
-
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "run",
@@ -373,7 +343,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--flush-timeout",
-        type=_seconds,
+        type=number(float, minimum=0),
         default=30.0,
         metavar="SECONDS",
         help="after the command exits, wait this long at most for the server to confirm "
@@ -381,7 +351,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--buffer",
-        type=_int_at_least(1),
+        type=number(int, minimum=1),
         default=100_000,
         metavar="N",
         help="entries kept while the server is unreachable; past that the oldest are dropped "
@@ -389,7 +359,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--max-line",
-        type=_int_at_least(64),
+        type=number(int, minimum=64),
         default=1_048_576,
         metavar="BYTES",
         help="cut longer lines here, marking the cut (default: %(default)s); lines longer "
@@ -397,14 +367,14 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--max-message-size",
-        type=_int_at_least(512),
+        type=number(int, minimum=512),
         default=65_536,
         metavar="BYTES",
         help="the server's MAX_MESSAGE_SIZE (default: %(default)s)",
     )
     parser.add_argument(
         "--reconnect-max",
-        type=_positive_seconds,
+        type=number(float, minimum=0, exclusive=True),
         default=10.0,
         metavar="SECONDS",
         help="longest wait between reconnection attempts (default: %(default)s)",

@@ -363,24 +363,22 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return 0
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
+def number(kind: type[float] | type[int], *, minimum: float, exclusive: bool = False) -> Any:
+    """An argparse ``type``: a number of ``kind`` at least (or, with
+    ``exclusive``, above) ``minimum``, with a readable error. Shared by the
+    client commands."""
 
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum or (exclusive and value == minimum):
+            bound = "above" if exclusive else "at least"
+            raise argparse.ArgumentTypeError(f"must be {bound} {minimum:g}")
+        return value
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
+    return parse
 
 
 def register(sub: Any) -> None:
@@ -399,13 +397,13 @@ def register(sub: Any) -> None:
     start = parser.add_mutually_exclusive_group()
     start.add_argument(
         "--since",
-        type=_non_negative,
+        type=number(int, minimum=0),
         metavar="SEQ",
         help="replay the entries after this seq, then follow (resume)",
     )
     start.add_argument(
         "--tail",
-        type=_non_negative,
+        type=number(int, minimum=0),
         metavar="N",
         help="replay the last N entries first (default: the server's SUBSCRIBE_TAIL, 100)",
     )
@@ -435,7 +433,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--reconnect-max",
-        type=_positive_float,
+        type=number(float, minimum=0, exclusive=True),
         default=10.0,
         metavar="SECONDS",
         help="longest wait between reconnection attempts (default: %(default)s)",
