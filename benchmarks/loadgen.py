@@ -137,6 +137,19 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return header + key + (int.from_bytes(payload, "little") ^ mask).to_bytes(n, "little")
 
 
+def frame_header(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int] | None:
+    """(header length, payload length) of the unmasked server frame at
+    ``pos``, or None until its header has fully arrived (RFC 6455 §5.2)."""
+    if end - pos < 2:
+        return None
+    ln = buf[pos + 1] & 0x7F
+    if ln < 126:
+        return 2, ln
+    if ln == 126:
+        return (4, (buf[pos + 2] << 8) | buf[pos + 3]) if end - pos >= 4 else None
+    return (10, int.from_bytes(buf[pos + 2 : pos + 10], "big")) if end - pos >= 10 else None
+
+
 def iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -483,21 +496,9 @@ class LoadGen:
             pos = skip
             c.skip = 0
         msgs = 0
-        while end - pos >= 2:
+        while (header := frame_header(buf, pos, end)) is not None:
             b0 = buf[pos]
-            ln = buf[pos + 1] & 0x7F
-            if ln < 126:
-                hl = 2
-            elif ln == 126:
-                if end - pos < 4:
-                    break
-                ln = (buf[pos + 2] << 8) | buf[pos + 3]
-                hl = 4
-            else:
-                if end - pos < 10:
-                    break
-                ln = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                hl = 10
+            hl, ln = header
             fe = pos + hl + ln
             if b0 & 0x08 == 0:  # data frame (opcode 0, 1 or 2)
                 if b0 & 0x80:
@@ -555,21 +556,9 @@ class LoadGen:
         buf = c.pbuf
         end = len(buf)
         pos = 0
-        while end - pos >= 2:
+        while (header := frame_header(buf, pos, end)) is not None:
             b0 = buf[pos]
-            ln = buf[pos + 1] & 0x7F
-            if ln < 126:
-                hl = 2
-            elif ln == 126:
-                if end - pos < 4:
-                    break
-                ln = (buf[pos + 2] << 8) | buf[pos + 3]
-                hl = 4
-            else:
-                if end - pos < 10:
-                    break
-                ln = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                hl = 10
+            hl, ln = header
             fe = pos + hl + ln
             if fe > end:
                 break
