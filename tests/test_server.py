@@ -288,6 +288,48 @@ def test_tls_websocket(tls_server: tuple[ServerProcess, ssl.SSLContext]) -> None
         open_ws(url, ssl_context=ssl.create_default_context())
 
 
+def test_tls_reply_queued_while_a_big_write_is_in_flight_is_sent(
+    start_server: Start, tmp_path: Path
+) -> None:
+    """Under TLS one writer task sends; output queued while it is busy
+    sending must not wait for the next event: a viewer's replay of 16 MB is
+    still being written (the viewer reads slowly) when its ping arrives, and
+    the pong must follow the replay without anything else happening."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    entries, size = 2000, 8000  # 16 MB: far more than the sockets' kernel buffers
+    server = start_server(
+        "--tls-cert",
+        str(tmp_path / "cert.pem"),
+        "--tls-key",
+        str(tmp_path / "key.pem"),
+        env={"HISTORY_LINES": str(entries), "CONNECTION_BUFFER": str(64 * 1024 * 1024)},
+    )
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    url = f"wss://127.0.0.1:{server.port}"
+    with open_ws(url, token=TOKEN, ssl_context=client_ctx) as producer:
+        produce(producer, "big", *(f"{i:06d}" + "x" * size for i in range(entries)))
+    # websockets stops reading once 16 messages wait unread: the server's
+    # writer is then blocked in its send for as long as this test waits.
+    # No client keepalive: its pongs would wake the writer and hide the bug.
+    quiet: dict[str, Any] = {"max_queue": 16, "ping_interval": None}
+    with open_ws(url, token=TOKEN, ssl_context=client_ctx, **quiet) as viewer:
+        _subscribe(viewer, "big", tail=entries)
+        assert recv_json(viewer)["type"] == "status"  # the replay has started
+        viewer.send('{"type":"ping"}')
+        deadline = time.monotonic() + 10  # about 1 s when it works
+        got = [
+            recv_json(viewer, timeout=max(0.01, deadline - time.monotonic()))
+            for _ in range(entries + 1)
+        ]
+        assert [m["message"][:6] for m in got[:entries]] == [f"{i:06d}" for i in range(entries)]
+        assert got[-1]["type"] == "pong", got[-1]
+
+
 def test_tls_http(tls_server: tuple[ServerProcess, ssl.SSLContext]) -> None:
     server, client_ctx = tls_server
     with urllib.request.urlopen(

@@ -481,11 +481,14 @@ class Server:
 
     def _flush(self, peer: _Peer) -> None:
         """Write what the core queued for ``peer``: one send, no await."""
-        if peer.pending is not None or peer.writing:
-            return
         if peer.stream is not None:
+            # TLS: the writer task sends. Wake it even while it is busy
+            # sending: it then takes this output as soon as that send ends
+            # (skipping the wake here left a reply queued until the next one).
             if peer.wake is not None:
                 peer.wake.set()
+            return
+        if peer.pending is not None or peer.writing:
             return
         data = peer.conn.data_to_send()
         if data:
