@@ -252,6 +252,17 @@ def test_nginx_ws_and_wss_idle_kept_alive_by_pings_then_stream(
 ) -> None:
     server = start_server(env={"WS_PING_INTERVAL": str(PING_INTERVAL_MS)})
     proxy = start_nginx(server.port)
+    try:
+        _ws_and_wss_through(proxy)
+    except BaseException:
+        print(proxy.logs())
+        with contextlib.suppress(FileNotFoundError):
+            print("--- access log\n" + proxy.access_log.read_text(errors="replace"))
+        print("--- pcclog\n" + server.logs())
+        raise
+
+
+def _ws_and_wss_through(proxy: Nginx) -> None:
 
     # Plain HTTP through the proxy, on both listeners.
     for scheme in ("http", "https"):
