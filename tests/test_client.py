@@ -102,7 +102,13 @@ def test_resume_after_cut_connection_no_duplicate_no_hole(
                     if i % 100 == 0:
                         await asyncio.sleep(0)  # let the producer and the viewer run
                 assert await producer.flush(20)
-                await until(lambda: len(seen.logs("job")) >= lines, timeout=20, what="every line")
+                # A resume replays each session in turn: wait for both.
+                sessions = ("job", "other") if target == "*" else ("job",)
+                await until(
+                    lambda: all(len(seen.logs(name)) >= lines for name in sessions),
+                    timeout=20,
+                    what="every line",
+                )
                 await seen.stop()
                 assert sub.reconnects >= 1
         job = seen.entries("job")
