@@ -400,27 +400,15 @@ class _Assembler:
         head = self._head
         if not head:
             m = _TS_SP_RE.match(data, pos, end)
-            if m is not None:
-                try:
-                    ns = _match_ns(m)
-                except ValueError:
-                    pass
-                else:
-                    self._take_timestamp(m, ns)
-                    return m.end()
+            if m is not None and self._take_timestamp(m):
+                return m.end()
         window = head + data[pos : min(end, pos + _TS_WINDOW - len(head))]
         space = window.find(b" ")
         if space >= 0:
             m = _TS_SP_RE.fullmatch(window, 0, space + 1)
-            if m is not None:
-                try:
-                    ns = _match_ns(m)
-                except ValueError:
-                    pass
-                else:
-                    self._head = b""
-                    self._take_timestamp(m, ns)
-                    return pos + space + 1 - len(head)
+            if m is not None and self._take_timestamp(m):
+                self._head = b""
+                return pos + space + 1 - len(head)
         elif len(window) < _TS_WINDOW and b"\n" not in window:
             self._head = window  # the timestamp goes on in the next chunk
             return end
@@ -444,13 +432,19 @@ class _Assembler:
             f"{window[:40]!r}{hint}; request the logs with timestamps=1"
         )
 
-    def _take_timestamp(self, m: re.Match[bytes], ns: int) -> None:
+    def _take_timestamp(self, m: re.Match[bytes]) -> bool:
+        """Take ``m`` as the record's timestamp; False if it is no valid time."""
+        try:
+            ns = _match_ns(m)
+        except ValueError:
+            return False
         if self._state == _START:
             self._ts = m.group(0)[:-1].decode("ascii")
             self._ts_ns = ns
         # SEAM: a continuation piece; the line keeps its first piece's stamp.
         self._state = _CONTENT
         self._piece_len = 0
+        return True
 
     def _content(self, data: bytes, pos: int, end: int) -> int:
         """CONTENT: the line's bytes, up to ``\\n``."""
