@@ -373,15 +373,8 @@ def register(sub: Any) -> None:
         help="the server's MAX_MESSAGE_SIZE (default: %(default)s)",
     )
     parser.add_argument(
-        "--reconnect-max",
-        type=number(float, minimum=0, exclusive=True),
-        default=10.0,
-        metavar="SECONDS",
-        help="longest wait between reconnection attempts (default: %(default)s)",
-    )
-    parser.add_argument(
         "-q", "--quiet", action="store_true", help="do not echo the command's output here"
     )
-    add_connection_arguments(parser)
+    add_connection_arguments(parser, reconnect=True)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD", help="the command")
     parser.set_defaults(func=cmd_run)

@@ -67,7 +67,16 @@ EXIT_CODES_HELP = """exit status:
 # --- shared by the client commands ------------------------------------------
 
 
-def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+def add_connection_arguments(parser: argparse.ArgumentParser, *, reconnect: bool = False) -> None:
+    """``--url`` and ``--token``; with ``reconnect``, ``--reconnect-max`` too."""
+    if reconnect:
+        parser.add_argument(
+            "--reconnect-max",
+            type=number(float, minimum=0, exclusive=True),
+            default=10.0,
+            metavar="SECONDS",
+            help="longest wait between reconnection attempts (default: %(default)s)",
+        )
     parser.add_argument(
         "--url",
         default=os.environ.get("PCCLOG_URL", DEFAULT_URL),
@@ -431,12 +440,5 @@ def register(sub: Any) -> None:
         action="store_true",
         help="exit (status 4) instead of reconnecting when the connection fails",
     )
-    parser.add_argument(
-        "--reconnect-max",
-        type=number(float, minimum=0, exclusive=True),
-        default=10.0,
-        metavar="SECONDS",
-        help="longest wait between reconnection attempts (default: %(default)s)",
-    )
-    add_connection_arguments(parser)
+    add_connection_arguments(parser, reconnect=True)
     parser.set_defaults(func=cmd_tail)
