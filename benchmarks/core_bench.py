@@ -64,7 +64,7 @@ def _bench_one(subscribers: int, duration: float) -> dict[str, Any]:
     for viewer in viewers:
         viewer.receive_message(subscribe, now=now, wall=wall)
     for client in hub.take_ready():
-        client.data_to_send()
+        client.bytes_sent(len(client.data_to_send()))
     assert len(hub.sessions[SESSION].subscribers) == subscribers
 
     text = _producer_message()
@@ -84,7 +84,9 @@ def _bench_one(subscribers: int, duration: float) -> dict[str, Any]:
         for _ in range(BATCH):
             receive(text, now=now, wall=wall)
         for client in take_ready():
-            bytes_out += len(client.data_to_send())
+            size = len(client.data_to_send())
+            client.bytes_sent(size)
+            bytes_out += size
         messages += BATCH
         elapsed = time.perf_counter() - start
     cpu = time.thread_time() - cpu_start

@@ -141,8 +141,15 @@ class Pair:
         return self.pump()
 
     def pump(self) -> list[Event]:
-        """Move the server's output to the client; the client's events."""
+        """Move the server's output to the client (a write the runtime then
+        confirms); the client's events."""
         data = self.conn.data_to_send()
+        self.conn.bytes_sent(len(data))
+        if self.conn.holds_input and self.conn.wants_read:
+            self.conn.continue_reading(now=self.now, wall=WALL)
+            more = self.conn.data_to_send()
+            self.conn.bytes_sent(len(more))
+            data += more
         while (event := self.conn.next_event()) is not None:
             self.server_events.append(event)
         if data:
@@ -863,13 +870,14 @@ def _drive(data: bytes, chunk: int) -> None:
             conn.handle_timeout(now=now, wall=WALL)
         out = conn.data_to_send()
         assert len(out) <= _OUTPUT_BOUND
+        if conn.client is not None:
+            assert conn.client.outbox.held <= _OUTPUT_BOUND
+        conn.bytes_sent(len(out))
         while (event := conn.next_event()) is not None:
             closed_events += isinstance(event, ConnectionClosed)
             if isinstance(event, HTTPRequest):
                 conn.send_response(404, [], b"not found")
         assert conn.state in _END_STATES
-        if conn.client is not None:
-            assert conn.client._out_bytes <= _OUTPUT_BOUND
     # EOF, then every deadline: always ends CLOSED, with one close event
     conn.receive_data(b"", now=now, wall=WALL)
     conn.handle_timeout(now=now + 100, wall=WALL)

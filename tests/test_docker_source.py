@@ -398,9 +398,10 @@ def test_unlabelled_and_other_label_ignored(
 def test_backpressure_pauses_reading_instead_of_dropping(
     docker_server: Callable[..., ServerProcess], run_container: Callable[..., Any]
 ) -> None:
-    # A stalled viewer fills the global budget (64 KiB) long before its own
-    # 1 MiB buffer: the source must stop reading, not let the hub drop lines.
-    server = docker_server(GLOBAL_BUFFER="65536", CONNECTION_BUFFER=str(1 << 20))
+    # A stalled viewer fills the memory budget (64 KiB: history is shed
+    # first) long before its own 1 MiB buffer: the source must stop reading,
+    # not let the hub drop lines.
+    server = docker_server(MEMORY_BUDGET="65536", CONNECTION_BUFFER=str(1 << 20))
     viewer = Viewer(server, "bp", stalled=True)
     run_container("seq 1 100000", session="bp")
     time.sleep(2)  # the stall itself: nothing to poll for

@@ -306,7 +306,11 @@ def test_tls_reply_queued_while_a_big_write_is_in_flight_is_sent(
         str(tmp_path / "cert.pem"),
         "--tls-key",
         str(tmp_path / "key.pem"),
-        env={"HISTORY_LINES": str(entries), "CONNECTION_BUFFER": str(64 * 1024 * 1024)},
+        env={
+            "HISTORY_LINES": str(entries),
+            "HISTORY_BYTES": str(64 * 1024 * 1024),
+            "CONNECTION_BUFFER": str(64 * 1024 * 1024),
+        },
     )
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)

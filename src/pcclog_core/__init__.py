@@ -5,7 +5,8 @@ or ``await`` in here: a runtime (``pcclog_server``, or your own) moves the
 bytes and sleeps until ``next_deadline()``.
 
 * ``Hub`` — sessions, history, subscriptions, fan-out, backpressure.
-* ``Client`` — one peer at the message level (JSON text in, frames out).
+* ``Client`` — one peer at the message level (JSON text in, frames out),
+  with its ``Outbox``: every byte queued for it, counted against its budget.
 * ``Connection`` — one TCP connection: HTTP, WebSocket handshake, frames,
   keepalive, close codes; wraps a ``Client``.
 * ``Authenticator`` / ``Grant`` — static tokens and JWT.
@@ -13,6 +14,7 @@ bytes and sleeps until ``next_deadline()``.
 """
 
 from ._auth import ALL_ACCESS, Authenticator, AuthError, Grant, Role, parse_static_tokens
+from ._client import Client
 from ._connection import (
     Connection,
     ConnectionClosed,
@@ -30,9 +32,11 @@ from ._errors import (
     RemoteProtocolError,
 )
 from ._frames import text_frame
-from ._hub import Client, Counters, Hub, Session
+from ._hub import Counters, Hub
 from ._limits import Limits
 from ._messages import decode_client_message, encode
+from ._outbox import Outbox, Pool
+from ._session import Session
 from ._timefmt import format_wall, normalize_timestamp
 
 __version__ = "0.1.0"
@@ -55,7 +59,9 @@ __all__ = [
     "Limits",
     "LocalProtocolError",
     "MessageError",
+    "Outbox",
     "PcclogError",
+    "Pool",
     "RemoteProtocolError",
     "Role",
     "Session",

@@ -29,6 +29,21 @@ Keepalive is a two-state machine, ``IDLE -> AWAITING_PONG -> IDLE``: a ping
 every ``ping_interval``; no matching pong within ``ping_timeout`` closes with
 1011, as the seed's ``ws`` server does.
 
+Reading (SPEC §6). ``wants_read`` is the one pause rule for every runtime:
+false while the client's outbox is over ``CONNECTION_BUFFER`` or, for a
+client that produces, while the hub's pool is over ``MEMORY_BUDGET``. The
+runtime does not read the socket then, and the core stops in the middle of
+a read too: after each message it checks, and keeps what is left (``_held``,
+or in wsproto's buffer) until the runtime calls ``continue_reading``. So one
+read full of ``list`` requests queues one over-budget reply, not thousands.
+While the pool is what stops the reading, the keepalive is suspended (the
+pong may be sitting unread in the socket) and re-armed when reading goes on;
+a peer that stops draining its own output still gets the keepalive, so a
+dead one is closed with 1011 as before.
+
+Written bytes are confirmed with ``bytes_sent(n)``: until then they count
+against the client's budget.
+
 ``CLOSING``: our close frame is queued; we wait for the echo up to
 ``ping_timeout``. ``CLOSED``: the runtime flushes ``data_to_send()`` and
 closes the socket. The state moves only along ``_TRANSITIONS``.
@@ -54,8 +69,9 @@ from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opc
 from wsproto.utilities import generate_accept_token
 
 from ._auth import AuthError, Grant
+from ._client import Client
 from ._errors import CloseCode, ErrorCode, LocalProtocolError
-from ._hub import Client, Hub
+from ._hub import Hub
 
 __all__ = [
     "Connection",
@@ -234,6 +250,11 @@ class Connection:
         self._closed_reported = False
         # A response to HEAD carries no body (RFC 9110 §9.3.2).
         self._head_request = False
+        # Input not yet fed to the client because it stopped wanting more:
+        # bytes the fast path left (``_held``), or wsproto still has events.
+        self._held = b""
+        self._ws_held = False
+        self._keepalive_suspended = False
 
     # --- runtime API ----------------------------------------------------------
 
@@ -249,8 +270,55 @@ class Connection:
         client = self.client
         return bool(self._out) or (client is not None and client.has_output)
 
+    @property
+    def wants_read(self) -> bool:
+        """The runtime should read the socket (see "Reading" above)."""
+        if self.state is ConnectionState.CLOSED:
+            return False
+        client = self.client
+        return client is None or client.close_request is not None or client.wants_read
+
+    @property
+    def paused_by_pool(self) -> bool:
+        """Not read because the hub's pool is over budget (not for this
+        connection's own backlog)."""
+        client = self.client
+        return client is not None and client.paused_by_pool
+
+    @property
+    def holds_input(self) -> bool:
+        """Input was kept back: call ``continue_reading`` once ``wants_read``."""
+        return bool(self._held) or self._ws_held
+
+    def bytes_sent(self, count: int) -> None:
+        """The runtime wrote ``count`` bytes of what ``data_to_send`` gave."""
+        client = self.client
+        if client is not None:
+            client.bytes_sent(count)
+
+    def continue_reading(self, *, now: float, wall: float) -> None:
+        """Feed the input kept back while ``wants_read`` was false."""
+        if self._keepalive_suspended:
+            self._rearm_keepalive(now)
+        if not self.holds_input or not self.wants_read:
+            return
+        if self.state is ConnectionState.OPEN or self.state is ConnectionState.CLOSING:
+            held = self._held
+            self._held = b""
+            self._receive_frames(held, now, wall, resume=True)
+
     def receive_data(self, data: bytes, *, now: float, wall: float) -> None:
         """Feed bytes from the socket; ``b""`` means EOF."""
+        if self._keepalive_suspended:
+            self._rearm_keepalive(now)
+        if self.holds_input:
+            if data:
+                # A runtime that read although ``wants_read`` was false: keep
+                # the order (the bound is the caller's: it chose to read).
+                self._held += data
+                return
+            # EOF: what the peer sent before it is still its own to apply.
+            self.continue_reading(now=now, wall=wall)
         state = self.state
         if state is ConnectionState.HANDSHAKE:
             self._receive_handshake(data, now, wall)
@@ -279,6 +347,9 @@ class Connection:
         if client.close_request is not None:
             self._send_close(*client.close_request, now=now)
             return
+        if client.paused_by_pool:
+            self._keepalive_suspended = True
+            return
         if self._pong_deadline is not None:
             if now >= self._pong_deadline:
                 self.hub.counters.ping_timeouts += 1
@@ -299,7 +370,8 @@ class Connection:
         state = self.state
         if state is ConnectionState.OPEN:
             assert self.client is not None
-            candidates = [self._pong_deadline or self._ping_at, self.client.next_deadline()]
+            keepalive = None if self._keepalive_suspended else self._pong_deadline or self._ping_at
+            candidates = [keepalive, self.client.next_deadline()]
             present = [d for d in candidates if d is not None]
             return min(present) if present else None
         if state is ConnectionState.CLOSED:
@@ -351,6 +423,16 @@ class Connection:
     def abort(self, reason: str = "connection lost") -> None:
         """The transport is gone (reset, EOF without close, write error)."""
         self._abort(reason, by_peer=True)
+
+    def _rearm_keepalive(self, now: float) -> None:
+        """Reading goes on after the pool stopped it: a pong owed is given
+        ``ping_timeout`` from now, else the next ping is an interval away."""
+        self._keepalive_suspended = False
+        limits = self.hub.limits
+        if self._pong_deadline is not None:
+            self._pong_deadline = now + limits.ping_timeout
+        elif self._ping_at is not None:
+            self._ping_at = now + limits.ping_interval
 
     # --- handshake ------------------------------------------------------------
 
@@ -533,11 +615,11 @@ class Connection:
 
     # --- frames ---------------------------------------------------------------
 
-    def _receive_frames(self, data: bytes, now: float, wall: float) -> None:
+    def _receive_frames(self, data: bytes, now: float, wall: float, resume: bool = False) -> None:
         ws = self._ws
         client = self.client
         assert ws is not None and client is not None
-        if not data:
+        if not data and not resume:
             if self.state is not ConnectionState.CLOSED:
                 self._abort("connection closed without a close frame", by_peer=True)
             return
@@ -555,12 +637,28 @@ class Connection:
     def _receive_frames_batched(
         self, ws: _WSConnection, client: Client, data: bytes, now: float, wall: float
     ) -> None:
-        if self.state is ConnectionState.OPEN and not self._parts and _wsproto_idle(ws):
+        if self._ws_held:
+            # wsproto still holds events from before the stall: they go first.
+            self._ws_held = False
+            if data:
+                ws.receive_data(data)
+            self._receive_ws_events(ws, client, now, wall)
+            return
+        if data and self.state is ConnectionState.OPEN and not self._parts and _wsproto_idle(ws):
             consumed = self._receive_simple_frames(data, client, now, wall)
             if consumed == len(data):
                 return
+            if not client.wants_read and client.close_request is None:
+                self._held = data[consumed:]
+                return
             data = data[consumed:]
-        ws.receive_data(data)
+        if data:
+            ws.receive_data(data)
+        self._receive_ws_events(ws, client, now, wall)
+
+    def _receive_ws_events(
+        self, ws: _WSConnection, client: Client, now: float, wall: float
+    ) -> None:
         for event in ws.events():
             if type(event) is TextMessage:
                 if self.state is not ConnectionState.OPEN:
@@ -575,6 +673,9 @@ class Connection:
                         client.receive_message(text, now=now, wall=wall)
                 if client.close_request is not None:
                     self._send_close(*client.close_request, now=now)
+                elif not client.wants_read:
+                    self._ws_held = True
+                    return
             elif type(event) is Ping:
                 if ws.state is _WSState.OPEN:
                     client.queue_frame(ws.send(event.response()))
@@ -645,6 +746,8 @@ class Connection:
             if client.close_request is not None:
                 self._send_close(*client.close_request, now=now)
                 return end_of_data
+            if not client.wants_read:
+                break
         return pos
 
     def _on_close_event(self, event: CloseConnection, now: float) -> None:
@@ -716,6 +819,10 @@ class Connection:
         """Now CLOSED: release everything the connection held in the hub."""
         self._h11 = None
         self._parts.clear()
+        self._held = b""
+        self._ws_held = False
+        # wsproto's buffers (a partial message) go now, not with the object.
+        self._ws = None
         if self.client is not None:
             # Pending frames (the close echo) are kept for one last write.
             pending = self.client.data_to_send()

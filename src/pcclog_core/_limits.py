@@ -1,13 +1,26 @@
 """Limits and policies of the core, as constructor arguments with safe
 defaults (SPEC §2). Durations are seconds; the runtime converts the
-milliseconds of the environment variables."""
+milliseconds of the environment variables.
+
+The memory bound these make (SPEC §6, docs/configuration.md)::
+
+    RSS <= base + memory_budget
+           + connections x (connection_buffer + max_message_size + 256 KiB read + ~8 KiB)
+
+``memory_budget`` covers every session's in-memory history and every
+connection's queued output; ``connection_buffer`` is counted in the budget
+and the last term is what a connection holds outside it (a message being
+assembled, one socket read, its objects).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Literal
 
-__all__ = ["Limits"]
+import msgspec
+
+__all__ = ["Limits", "cut_text"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -15,14 +28,19 @@ class Limits:
     max_sessions: int = 100
     session_timeout: float = 300.0
     history_lines: int = 10_000
+    # Bytes of stored frames per session (after JSON escaping).
+    history_bytes: int = 8 * 1_048_576
     subscribe_tail: int = 100
     max_message_size: int = 65_536
     max_subscriptions: int = 128
     connection_buffer: int = 1_048_576
     slow_consumer: Literal["drop", "disconnect"] = "drop"
-    # Total outbound bytes queued over all connections past which the runtime
-    # is told to stop reading producers (and Docker streams) until it drains.
-    global_buffer: int = 256 * 1_048_576
+    # In-memory history plus queued output, over every session and client:
+    # past it the largest histories shed their oldest entries, then clients
+    # that produce (and sources) are not read until it drains.
+    memory_budget: int = 1_073_741_824
+    # A log message longer than this (as encoded JSON) is cut, with a marker.
+    max_line_bytes: int = 262_144
     ping_interval: float = 30.0
     ping_timeout: float = 5.0
     # A connection that has not authenticated this long after opening is
@@ -55,3 +73,32 @@ class Limits:
             raise ValueError("max_message_size must be at least 64 bytes")
         if self.history_lines < 1:
             raise ValueError("history_lines must be at least 1")
+        if self.max_line_bytes < 64:
+            raise ValueError("max_line_bytes must be at least 64 bytes")
+        if self.connection_buffer < 1:
+            raise ValueError("connection_buffer must be at least 1 byte")
+
+
+def _json_length(text: str) -> int:
+    """Bytes ``text`` takes inside a JSON string (escapes included)."""
+    return len(msgspec.json.encode(text)) - 2
+
+
+def cut_text(text: str, max_bytes: int) -> str:
+    """``text`` if it encodes to at most ``max_bytes`` of JSON, else its
+    longest prefix that fits with the marker ``" …[truncated N bytes]"``
+    (N: UTF-8 bytes of ``text`` left out). Control characters take six bytes
+    each once escaped, so the bound is on the escaped form: that is what
+    history and every viewer hold."""
+    size = _json_length(text)
+    if size <= max_bytes:
+        return text
+    room = max_bytes - 40  # the marker, with a 20-digit count
+    keep = len(text) * room // size
+    while keep > 0:
+        size = _json_length(text[:keep])
+        if size <= room:
+            break
+        keep = max(0, min(keep - 1, keep * room // size))
+    dropped = len(text[keep:].encode("utf-8", "surrogatepass"))
+    return f"{text[:keep]} …[truncated {dropped} bytes]"

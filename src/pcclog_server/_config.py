@@ -209,6 +209,26 @@ SETTINGS: tuple[Setting, ...] = (
         help="Entries of history kept per session for replay and resume.",
     ),
     Setting(
+        name="history_bytes",
+        env="HISTORY_BYTES",
+        default="8388608",
+        parse=_int(1024),
+        help=(
+            "Bytes of in-memory history per session, counted on the stored frames "
+            "(after JSON escaping); with HISTORY_LINES, whichever is hit first."
+        ),
+    ),
+    Setting(
+        name="max_line_bytes",
+        env="MAX_LINE_BYTES",
+        default="262144",
+        parse=_int(64),
+        help=(
+            "A longer log message (from any source, measured as encoded JSON) is cut "
+            "to this many bytes, with a marker saying how many were cut."
+        ),
+    ),
+    Setting(
         name="subscribe_tail",
         env="SUBSCRIBE_TAIL",
         default="100",
@@ -237,11 +257,14 @@ SETTINGS: tuple[Setting, ...] = (
         help="Outbound bytes queued per connection before the slow-consumer policy applies.",
     ),
     Setting(
-        name="global_buffer",
-        env="GLOBAL_BUFFER",
-        default="268435456",
-        parse=_int(1024),
-        help="Outbound bytes queued over all connections before producers are paused.",
+        name="memory_budget",
+        env="MEMORY_BUDGET",
+        default="1073741824",
+        parse=_int(65536),
+        help=(
+            "Bytes of in-memory history plus queued output, in all. Past it the largest "
+            "histories lose their oldest entries first, then producers are paused."
+        ),
     ),
     Setting(
         name="slow_consumer",
@@ -294,11 +317,13 @@ class Config:
     docker_stdout_level: str
     docker_stderr_level: str
     history_lines: int
+    history_bytes: int
+    max_line_bytes: int
     subscribe_tail: int
     max_message_size: int
     max_subscriptions: int
     connection_buffer: int
-    global_buffer: int
+    memory_budget: int
     slow_consumer: str
     rate_limit: int
     tls_cert: str | None
@@ -313,11 +338,13 @@ class Config:
             max_sessions=self.max_sessions,
             session_timeout=self.session_timeout / 1000,
             history_lines=self.history_lines,
+            history_bytes=self.history_bytes,
+            max_line_bytes=self.max_line_bytes,
             subscribe_tail=self.subscribe_tail,
             max_message_size=self.max_message_size,
             max_subscriptions=self.max_subscriptions,
             connection_buffer=self.connection_buffer,
-            global_buffer=self.global_buffer,
+            memory_budget=self.memory_budget,
             slow_consumer="disconnect" if self.slow_consumer == "disconnect" else "drop",
             ping_interval=self.ws_ping_interval / 1000,
             ping_timeout=self.ws_ping_timeout / 1000,
@@ -426,8 +453,44 @@ def render_markdown() -> str:
         "`pcclog serve --backend trio` (or `PCCLOG_BACKEND=trio`) runs on trio instead of",
         "asyncio; uvloop is used with asyncio when it is installed.",
         "",
+        *_MEMORY_BOUND,
     ]
     return "\n".join(lines)
+
+
+_MEMORY_BOUND = [
+    "## The memory bound",
+    "",
+    "Whatever any client, producer or container sends, pcclog's memory stays under",
+    "a bound computed from these settings (SPEC §6):",
+    "",
+    "```",
+    "RSS <= base + MEMORY_BUDGET",
+    "          + connections x (CONNECTION_BUFFER + MAX_MESSAGE_SIZE + 320 KiB)",
+    "          + followed containers x (MAX_LINE_BYTES + 64 KiB)",
+    "```",
+    "",
+    "* `MEMORY_BUDGET` holds every session's in-memory history (each bounded by",
+    "  `HISTORY_LINES` and `HISTORY_BYTES`, counted on the stored frames after JSON",
+    "  escaping) and every connection's queued output. Past it, the session with the",
+    "  most history loses its oldest entries first (to 15/16 of the budget); if",
+    "  queued output alone is over it, producers and containers are not read until",
+    "  it drains. Viewers are never paused by it.",
+    "* `CONNECTION_BUFFER` bounds every byte queued for one connection: live",
+    "  entries, replays, status snapshots, `sessions` replies, errors, pongs, gaps",
+    "  and close frames, including bytes the runtime has taken but not yet written.",
+    "  Past it, `log` entries follow `SLOW_CONSUMER`; the connection's own replies are",
+    "  never dropped, so pcclog stops reading that connection until it drains. A",
+    "  replay (`since: 0` over all of history) is copied in one buffer at a time as",
+    "  the viewer reads.",
+    "* Outside the buffer a connection holds at most one message being assembled",
+    "  (`MAX_MESSAGE_SIZE`), one socket read kept back while it is paused (256 KiB),",
+    "  the one reply that crossed the budget and its own objects (a few KiB).",
+    "* A followed container holds at most one line being joined (`MAX_LINE_BYTES`)",
+    "  and one read of its log stream.",
+    "* A closed connection's buffers are freed at once (no reference cycle).",
+    "",
+]
 
 
 if __name__ == "__main__":

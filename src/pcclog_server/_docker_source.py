@@ -33,8 +33,10 @@ that is a clean EOF (the container stopped). A stream that breaks without
 one (engine restart) is *not* flushed: a partial line is fetched again,
 whole, on re-attach.
 
-Backpressure. ``_deliver`` returns ``hub.producers_paused``; while it is
-true the reader does not read, so the engine and the kernel buffer.
+Backpressure. ``_deliver`` returns ``hub.producers_paused`` (the hub's pool
+over ``MEMORY_BUDGET``); while it is true the reader does not read, waiting
+on ``Server.wait_for_room`` (woken when the pool drains, no polling), so the
+engine and the kernel buffer.
 
 Lifecycle. One manager task per container (:meth:`DockerSource._manage`)
 owns its status and its log stream, so a container's entries are in order:
@@ -63,7 +65,7 @@ is read from the start of its current run, not its older runs
 (:func:`_run_start`). Every later read is ``since=`` the last delivered
 timestamp. ``containerId`` is the 12-character short id. A label with an
 empty value names the session after the container. Lines longer than
-:data:`_MAX_LINE_BYTES` are cut with a marker.
+``MAX_LINE_BYTES`` (``Limits.max_line_bytes``) are cut with a marker.
 
 Engine connection. ``ready`` is true while the event stream is open
 (DOCKER_ENABLED=true: retried with backoff, ``/readyz`` 503 until then).
@@ -106,7 +108,6 @@ __all__ = ["DockerSource"]
 
 T = TypeVar("T")
 
-_MAX_LINE_BYTES: Final = 256 * 1024  # a longer line is cut, with a marker
 _READ_SIZE: Final = 64 * 1024  # one recv at most per read
 _REQUEST_TIMEOUT: Final = 10.0  # connect + response headers, and control calls
 _CONTROL_THREADS: Final = 16  # inspect/list calls in flight at once
@@ -362,6 +363,7 @@ class DockerSource:
         self.stdout_level = config.docker_stdout_level
         self.stderr_level = config.docker_stderr_level
         self.history_lines = config.history_lines
+        self._max_line_bytes = config.max_line_bytes
         self._client_factory = client_factory or _default_client
         self._client: Any = None
         self._api: Any = None
@@ -618,7 +620,7 @@ class DockerSource:
     def _pump(self, t: _Tracked, response: Any) -> Outcome:
         fp = response.raw._fp.fp
         unchunk = _Unchunker() if response.raw._fp.chunked else None
-        decoder = DockerStreamDecoder(tty=t.tty, max_line_bytes=_MAX_LINE_BYTES)
+        decoder = DockerStreamDecoder(tty=t.tty, max_line_bytes=self._max_line_bytes)
         t.filter.start_attach()
         clean = False
         while True:
@@ -721,9 +723,7 @@ class DockerSource:
 
     async def _wait_unpaused(self) -> None:
         assert self._server is not None
-        hub = self._server.hub
-        while hub.producers_paused and not self._closing:
-            await anyio.sleep(0.02)
+        await self._server.wait_for_room()
 
     def _refused(self, t: _Tracked, exc: MessageError) -> None:
         if not t.refused and self._server is not None:

@@ -29,8 +29,15 @@ are stream receives and each connection has a writer task woken by an
 event. They take the slow path by design; put a proxy in front for many
 ``wss://`` viewers (docs/deploy.md).
 
-Producers are paused (their sockets not read) while the hub reports its
-global buffer full, so the kernel and the producers buffer, not us.
+Pausing. Whether a connection is read is the core's decision alone
+(``Connection.wants_read``: its own outbox under ``CONNECTION_BUFFER``,
+and for a producer the hub's pool under ``MEMORY_BUDGET``); every driver
+honours exactly that. A connection paused for its own backlog is resumed
+when its writes are confirmed (``bytes_sent``) and it wants input again; one
+paused by the pool is resumed when the pool drains. Resuming feeds the input
+the core kept back (``continue_reading``) before the socket is read again.
+Meanwhile the kernel, then the peer, buffer. Sources wait on
+``wait_for_room`` the same way.
 """
 
 from __future__ import annotations
@@ -104,6 +111,7 @@ class _Peer:
         "id",
         "peer",
         "pending",
+        "resume",
         "scope",
         "sock",
         "stream",
@@ -122,6 +130,8 @@ class _Peer:
         self.stream: anyio.abc.ByteStream | None = None  # TLS only
         self.wake: anyio.Event | None = None  # TLS only
         self.writing = False
+        # Task drivers only: set when a paused connection may be read again.
+        self.resume: anyio.Event | None = None
         # asyncio driver only: the call_later that ends the lingering close.
         self.closer: Any = None
 
@@ -157,13 +167,16 @@ class Server:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stopping = False
         self._stop = anyio.Event()
-        self._resume = anyio.Event()
+        # Paused connections, by why: their own backlog, or the hub's pool.
+        self._paused_own: dict[int, _Peer] = {}
+        self._paused_pool: dict[int, _Peer] = {}
+        # Set when the pool drains, for sources waiting in ``wait_for_room``.
+        self._room: anyio.Event | None = None
         self._allowed_origins = config.allowed_origins
         self._metrics_registry: Any = None
         self._timers: list[tuple[float, int, _Peer]] = []
         # Set when the asyncio driver is in use (see "Drivers" above).
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._paused: dict[int, _Peer] = {}
         self._timer_at = math.inf
         self._timer_wake = anyio.Event()
 
@@ -318,6 +331,8 @@ class Server:
             conn.abort("internal error")
         finally:
             self.peers.pop(peer.id, None)
+            self._paused_own.pop(peer.id, None)
+            self._paused_pool.pop(peer.id, None)
             if not conn.closed:
                 conn.abort("connection task ended")
             self._drain_events(peer)
@@ -341,8 +356,9 @@ class Server:
         with anyio.CancelScope() as scope:
             peer.scope = scope
             while not conn.closed:
-                if self._must_pause(peer):
-                    await self._wait_resume(conn)
+                if not conn.wants_read:
+                    await self._wait_resume(peer)
+                    continue
                 try:
                     await anyio.wait_readable(sock)
                 except (anyio.ClosedResourceError, OSError):
@@ -426,14 +442,76 @@ class Server:
                     return
                 budget -= len(chunk)
 
-    def _must_pause(self, peer: _Peer) -> bool:
-        """A producer, while the hub's global buffer is full."""
-        if not self.hub.producers_paused:
-            return False
-        client = peer.conn.client
-        return (
-            client is not None and client.grant is not None and (Role.PRODUCE in client.grant.roles)
-        )
+    # --- pausing: the core's ``wants_read``, for every driver -----------------
+
+    def _pause(self, peer: _Peer) -> None:
+        """Stop reading ``peer`` until ``_check_resume`` finds it wants input."""
+        if peer.id in self._paused_own or peer.id in self._paused_pool:
+            return
+        paused = self._paused_pool if peer.conn.paused_by_pool else self._paused_own
+        paused[peer.id] = peer
+        if self._loop is not None and peer.stream is None:
+            self._loop.remove_reader(peer.sock)
+
+    def _check_resume(self, peer: _Peer) -> None:
+        """``peer``'s writes were confirmed: resume it if it was paused for
+        its own backlog and now wants input."""
+        if peer.id in self._paused_own and peer.conn.wants_read:
+            del self._paused_own[peer.id]
+            self._resume_peer(peer)
+        if self._paused_pool or self._room is not None:
+            self._check_pool()
+
+    def _check_pool(self) -> None:
+        """Resume what waited for the pool, once it is under budget."""
+        if self.hub.producers_paused:
+            return
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+        paused = self._paused_pool
+        if not paused:
+            return
+        self._paused_pool = {}
+        for peer in paused.values():
+            if peer.conn.wants_read:
+                self._resume_peer(peer)
+            else:
+                self._paused_own[peer.id] = peer
+
+    def _resume_peer(self, peer: _Peer) -> None:
+        if self._loop is not None and peer.stream is None:
+            # Deferred: this runs inside another connection's write path.
+            self._loop.call_soon(self._on_resumed, peer)
+        elif peer.resume is not None:
+            peer.resume.set()
+
+    async def wait_for_room(self) -> None:
+        """For sources: return once the hub's pool is under budget."""
+        while self.hub.producers_paused and not self._stopping:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+
+    async def _wait_resume(self, peer: _Peer) -> None:
+        """Task drivers: sleep until the core wants ``peer``'s input again,
+        then feed it what it kept back."""
+        peer.resume = anyio.Event()
+        self._pause(peer)
+        if peer.conn.wants_read:  # drained meanwhile
+            self._paused_own.pop(peer.id, None)
+            self._paused_pool.pop(peer.id, None)
+        else:
+            await peer.resume.wait()
+        peer.resume = None
+        self._resumed(peer)
+
+    def _resumed(self, peer: _Peer) -> None:
+        conn = peer.conn
+        now, wall = _clock()
+        conn.continue_reading(now=now, wall=wall)
+        self._after_input(peer)
+        self._schedule(peer)
 
     def _read_ready(self, peer: _Peer) -> None:
         """Read a readable socket into the core and write what it produced.
@@ -450,16 +528,9 @@ class Server:
             now, wall = _clock()
             conn.receive_data(data, now=now, wall=wall)
             self._after_input(peer)
-            if len(data) < _RECV_SIZE or conn.closed:
+            if len(data) < _RECV_SIZE or conn.closed or not conn.wants_read:
                 break
         self._schedule(peer)
-
-    async def _wait_resume(self, conn: Connection) -> None:
-        with anyio.move_on_after(1.0):
-            while self.hub.producers_paused and not conn.closed:
-                if self._resume.is_set():
-                    self._resume = anyio.Event()
-                await self._resume.wait()
 
     def _after_input(self, peer: _Peer) -> None:
         self._drain_events(peer)
@@ -473,14 +544,12 @@ class Server:
             owner = client.owner
             if isinstance(owner, _Peer):
                 self._flush(owner)
-        if not self.hub.producers_paused:
-            if not self._resume.is_set():
-                self._resume.set()
-            if self._paused:
-                self._resume_paused()
+        if self._paused_pool or self._room is not None:
+            self._check_pool()
 
     def _flush(self, peer: _Peer) -> None:
-        """Write what the core queued for ``peer``: one send, no await."""
+        """Write what the core queued for ``peer``: non-blocking sends, no
+        await, each confirmed to the core (a paged replay then refills)."""
         if peer.stream is not None:
             # TLS: the writer task sends. Wake it even while it is busy
             # sending: it then takes this output as soon as that send ends
@@ -490,17 +559,18 @@ class Server:
             return
         if peer.pending is not None or peer.writing:
             return
-        data = peer.conn.data_to_send()
-        if data:
+        conn = peer.conn
+        while data := conn.data_to_send():
             try:
                 sent = peer.sock.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                peer.conn.abort("write failed")
+                conn.abort("write failed")
                 self._wake_reader(peer)
                 return
             self.bytes_out += sent
+            conn.bytes_sent(sent)
             if sent < len(data):
                 peer.pending = memoryview(data)[sent:]
                 peer.writing = True
@@ -509,8 +579,9 @@ class Server:
                 else:
                     assert self._tg is not None
                     self._tg.start_soon(self._writer, peer)
-                return
-        if peer.conn.closed:
+                break
+        self._check_resume(peer)
+        if conn.closed:
             self._wake_reader(peer)
 
     async def _writer(self, peer: _Peer) -> None:
@@ -527,10 +598,9 @@ class Server:
         finally:
             peer.writing = False
         self._drain_events(peer)
+        self._check_resume(peer)
         if peer.conn.closed:
             self._wake_reader(peer)
-        if not self.hub.producers_paused and not self._resume.is_set():
-            self._resume.set()
 
     def _send_pending(self, peer: _Peer) -> bool:
         """Write the partial buffer, then whatever the core queued since,
@@ -546,6 +616,7 @@ class Server:
                 peer.conn.abort("write failed")
                 return True
             self.bytes_out += sent
+            peer.conn.bytes_sent(sent)
             if sent < len(peer.pending):
                 peer.pending = peer.pending[sent:]
                 return False
@@ -578,14 +649,11 @@ class Server:
     def _on_readable(self, peer: _Peer) -> None:
         conn = peer.conn
         try:
-            if self._must_pause(peer):
-                # Stop reading this producer until the clients drain; the
-                # kernel, then the producer, buffer meanwhile.
-                assert self._loop is not None
-                self._loop.remove_reader(peer.sock)
-                self._paused[peer.id] = peer
-                return
-            self._read_ready(peer)
+            if conn.wants_read:
+                self._read_ready(peer)
+            if not conn.closed and not conn.wants_read:
+                # The kernel, then the peer, buffer until it is resumed.
+                self._pause(peer)
         except Exception as exc:  # a bug must cost one connection, not the server
             self.log.error("connection failed", id=peer.id, error=repr(exc))
             conn.abort("internal error")
@@ -593,16 +661,26 @@ class Server:
         if conn.closed:
             self._wake_reader(peer)
 
-    def _resume_paused(self) -> None:
-        loop = self._loop
-        if loop is None or not self._paused:
+    def _on_resumed(self, peer: _Peer) -> None:
+        """asyncio driver: a paused connection may be read again."""
+        conn = peer.conn
+        if peer.id not in self.peers or peer.closer is not None or conn.closed:
             return
-        paused = self._paused
-        self._paused = {}
-        for peer in paused.values():
-            if peer.id in self.peers and not peer.conn.closed:
-                loop.add_reader(peer.sock, self._on_readable, peer)
-                loop.call_soon(self._on_readable, peer)
+        assert self._loop is not None
+        try:
+            self._resumed(peer)
+            if conn.closed:
+                pass
+            elif conn.wants_read:
+                self._loop.add_reader(peer.sock, self._on_readable, peer)
+            else:
+                self._pause(peer)
+        except Exception as exc:  # a bug must cost one connection, not the server
+            self.log.error("connection failed", id=peer.id, error=repr(exc))
+            conn.abort("internal error")
+            peer.pending = None
+        if conn.closed:
+            self._wake_reader(peer)
 
     def _on_writable(self, peer: _Peer) -> None:
         """A full socket has room again: finish the partial buffer, then
@@ -619,8 +697,7 @@ class Server:
         self._loop.remove_writer(peer.sock)
         peer.writing = False
         self._drain_events(peer)
-        if not self.hub.producers_paused:
-            self._resume_paused()
+        self._check_resume(peer)
         if peer.conn.closed:
             self._wake_reader(peer)
 
@@ -632,7 +709,8 @@ class Server:
         if peer.closer is not None or peer.id not in self.peers:
             return
         self.peers.pop(peer.id, None)
-        self._paused.pop(peer.id, None)
+        self._paused_own.pop(peer.id, None)
+        self._paused_pool.pop(peer.id, None)
         self._drain_events(peer)
         sock = peer.sock
         loop.remove_reader(sock)
@@ -661,6 +739,8 @@ class Server:
         assert self._loop is not None
         if peer.closer is not None:
             peer.closer.cancel()
+            peer.closer = None  # the handle holds this peer: no cycle left behind
+        peer.pending = None
         if peer.sock.fileno() >= 0:
             self._loop.remove_reader(peer.sock)
             peer.sock.close()
@@ -686,6 +766,9 @@ class Server:
             with anyio.CancelScope() as scope:
                 peer.scope = scope
                 while not conn.closed:
+                    if not conn.wants_read:
+                        await self._wait_resume(peer)
+                        continue
                     try:
                         data = await stream.receive(_RECV_SIZE)
                     except (
@@ -713,26 +796,28 @@ class Server:
 
     async def _tls_writer(self, peer: _Peer) -> None:
         assert peer.stream is not None and peer.wake is not None
+        conn = peer.conn
         while True:
             await peer.wake.wait()
             peer.wake = anyio.Event()
-            data = peer.conn.data_to_send()
-            if data:
+            while data := conn.data_to_send():
                 peer.writing = True
                 try:
                     await peer.stream.send(data)
                     self.bytes_out += len(data)
+                    conn.bytes_sent(len(data))
                 except (
                     anyio.BrokenResourceError,
                     anyio.ClosedResourceError,
                     ssl.SSLError,
                     OSError,
                 ):
-                    peer.conn.abort("write failed")
+                    conn.abort("write failed")
                 finally:
                     peer.writing = False
                 self._drain_events(peer)
-            if peer.conn.closed:
+                self._check_resume(peer)
+            if conn.closed:
                 self._wake_reader(peer)
 
     # --- events: HTTP requests, opens, closes -------------------------------

@@ -1,0 +1,154 @@
+"""One session: status, metadata, ``seq`` and its in-memory history.
+
+The history holds the encoded frames of the session's entries (``log`` and
+``status``), oldest first, bounded by ``HISTORY_LINES`` entries and
+``HISTORY_BYTES`` bytes, whichever is hit first; the bytes are the stored
+frames' own lengths (after JSON escaping), so the bound is on what memory
+really holds. ``seq`` starts at 1 and grows by one per entry, so entry ``s``
+sits at index ``s - first_seq``: replay is arithmetic, not a search.
+
+What the history holds is also counted in the hub's ``Pool``; the hub may
+shed a session's oldest entries to stay under ``MEMORY_BUDGET``
+(``drop_oldest``). A viewer asking for entries no longer held gets an
+``evicted`` gap for them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._frames import text_frame
+from ._messages import SessionInfo, Status, encode
+from ._outbox import Outbox, Pool
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+__all__ = ["Session", "StatusValue"]
+
+StatusValue = Literal["running", "stopped", "error"]
+
+# Producers remembered per session for resend dedupe.
+_MAX_PRODUCER_MARKS = 64
+
+
+class Session:
+    """See the module docstring."""
+
+    __slots__ = (
+        "_snapshot",
+        "frames",
+        "history_bytes",
+        "id",
+        "lagging",
+        "metadata",
+        "pending",
+        "pool",
+        "producers",
+        "seq",
+        "status",
+        "subscribers",
+        "viewers_plain",
+    )
+
+    def __init__(self, session_id: str, pool: Pool) -> None:
+        self.id = session_id
+        self.pool = pool
+        self.status: StatusValue = "running"
+        self.metadata: dict[str, Any] = {}
+        self.seq = 0
+        self.frames: deque[bytes] = deque()
+        self.history_bytes = 0
+        # Live subscribers, with their outboxes: those that take frames (our
+        # socket runtime) and those that take bare JSON payloads (an
+        # embedder's WebSocket stack).
+        self.subscribers: dict[Client, Outbox] = {}
+        self.viewers_plain: dict[Client, Outbox] = {}
+        # Clients replaying this session's history, not yet live (paged
+        # replay: they join ``subscribers`` once they reach ``seq``).
+        self.lagging: dict[Client, None] = {}
+        # Log frames published in the current batch, not yet fanned out.
+        self.pending: list[bytes] = []
+        # Highest ``pseq`` applied per producer id, newest producers last.
+        self.producers: dict[str, int] = {}
+        self._snapshot: bytes | None = None
+
+    # --- history ------------------------------------------------------------
+
+    @property
+    def first_seq(self) -> int:
+        """Seq of the oldest entry still in history (``seq + 1`` if none)."""
+        return self.seq - len(self.frames) + 1
+
+    def append(self, frame: bytes, max_lines: int, max_bytes: int) -> None:
+        """Add the frame of entry ``seq`` (already incremented) to history,
+        dropping the oldest entries past either bound; the newest entry is
+        always kept."""
+        frames = self.frames
+        size = len(frame)
+        frames.append(frame)
+        self.history_bytes += size
+        self.pool.history += size
+        if len(frames) > max_lines or self.history_bytes > max_bytes:
+            self._trim(max_lines, max_bytes)
+
+    def _trim(self, max_lines: int, max_bytes: int) -> None:
+        frames = self.frames
+        freed = 0
+        total = self.history_bytes
+        while len(frames) > 1 and (len(frames) > max_lines or total - freed > max_bytes):
+            freed += len(frames.popleft())
+        self.history_bytes = total - freed
+        self.pool.history -= freed
+
+    def drop_oldest(self, count: int) -> int:
+        """Shed up to ``count`` bytes of the oldest entries (whole entries,
+        at least one, never the newest); returns the bytes freed."""
+        frames = self.frames
+        freed = 0
+        while len(frames) > 1 and freed < count:
+            freed += len(frames.popleft())
+        self.history_bytes -= freed
+        self.pool.history -= freed
+        return freed
+
+    def release(self) -> None:
+        """The session leaves memory: give its history back to the pool."""
+        self.pool.history -= self.history_bytes
+        self.history_bytes = 0
+        self.frames.clear()
+
+    # --- resend dedupe --------------------------------------------------------
+
+    def already_applied(self, producer: str, pseq: int) -> bool:
+        return pseq <= self.producers.get(producer, 0)
+
+    def mark_applied(self, producer: str, pseq: int) -> None:
+        marks = self.producers
+        marks.pop(producer, None)
+        marks[producer] = pseq
+        if len(marks) > _MAX_PRODUCER_MARKS:
+            del marks[next(iter(marks))]
+
+    # --- views ----------------------------------------------------------------
+
+    def set_status(self, status: StatusValue, metadata: dict[str, Any]) -> None:
+        self.status = status
+        self.metadata = metadata
+        self._snapshot = None
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            sessionId=self.id, status=self.status, metadata=self.metadata, lastSeq=self.seq
+        )
+
+    def snapshot_frame(self) -> bytes:
+        """The ``status`` snapshot sent on subscribe, encoded once per status
+        change, not once per subscriber."""
+        frame = self._snapshot
+        if frame is None:
+            frame = self._snapshot = text_frame(
+                encode(Status(sessionId=self.id, status=self.status, metadata=self.metadata))
+            )
+        return frame
