@@ -1,4 +1,12 @@
-"""``pcclog sessions``: the sessions the token may view, as a table."""
+"""``pcclog sessions``: the sessions the token may view, as a table.
+
+One line per session whatever its id or metadata hold: every cell is
+neutralised (``_terminal.neutralize``: a newline is ``\\n``, an escape
+sequence is ``\\x1b[...``), metadata values are cut at
+``DETAIL_WIDTH`` columns and ids at ``ID_WIDTH`` (in the middle, with
+``…``). Rows are in natural order (``agent-2`` before ``agent-10``); ids
+are coloured as in ``pcclog tail``. ``--json`` prints the exact list.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,16 @@ import json
 import sys
 from typing import Any
 
+from ._terminal import (
+    RESET,
+    SessionColors,
+    display_width,
+    fit,
+    natural_key,
+    neutralize,
+    pad,
+    truncate,
+)
 from .client import AuthenticationError, ClientError, ConnectionFailed, list_sessions
 from .cmd_tail import (
     EXIT_AUTH,
@@ -17,52 +35,72 @@ from .cmd_tail import (
     use_color,
 )
 
-__all__ = ["cmd_sessions", "register", "render_table"]
+__all__ = ["DETAIL_WIDTH", "ID_WIDTH", "cmd_sessions", "register", "render_table"]
+
+ID_WIDTH = 64  # a Docker container id (the wrapper dialect's session id) fits
+DETAIL_WIDTH = 60
+
+# (metadata key, label), in the order shown; a container name stands for the
+# command that started it.
+_DETAILS = (
+    ("exitCode", "exit"),
+    ("signal", "signal"),
+    ("containerName", "container"),
+    ("command", "command"),
+    ("image", "image"),
+)
+
+
+def _cell(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return truncate(neutralize(text), DETAIL_WIDTH)
 
 
 def _details(metadata: Any) -> str:
     if not isinstance(metadata, dict):
         return ""
     parts = []
-    if metadata.get("exitCode") is not None:
-        parts.append(f"exit={metadata['exitCode']}")
-    if metadata.get("signal"):
-        parts.append(f"signal={metadata['signal']}")
-    if metadata.get("containerName"):
-        parts.append(f"container={metadata['containerName']}")
-    elif metadata.get("command"):
-        command = str(metadata["command"])
-        parts.append(f"command={command if len(command) <= 60 else command[:57] + '...'}")
-    if metadata.get("image"):
-        parts.append(f"image={metadata['image']}")
+    for key, label in _DETAILS:
+        value = metadata.get(key)
+        if value is None or (key != "exitCode" and not value):
+            continue
+        if key == "command" and metadata.get("containerName"):
+            continue
+        parts.append(f"{label}={_cell(value)}")
     return " ".join(parts)
 
 
 def render_table(sessions: list[dict[str, Any]], style: Style) -> str:
-    """Aligned columns: SESSION STATUS LAST-SEQ DETAILS."""
+    """Aligned columns: SESSION STATUS LAST-SEQ DETAILS, one line per session."""
     header = ("SESSION", "STATUS", "LAST-SEQ", "DETAILS")
+    ordered = sorted(sessions, key=lambda s: natural_key(str(s.get("sessionId", ""))))
+    ids = [str(s.get("sessionId", "")) for s in ordered]
     rows = [
         (
-            str(s.get("sessionId", "")),
-            str(s.get("status", "")),
-            str(s.get("lastSeq", "")),
+            fit(neutralize(session_id), ID_WIDTH),
+            neutralize(str(s.get("status", ""))),
+            neutralize(str(s.get("lastSeq", ""))),
             _details(s.get("metadata")),
         )
-        for s in sorted(sessions, key=lambda s: str(s.get("sessionId", "")))
+        for session_id, s in zip(ids, ordered, strict=True)
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    widths = [max(display_width(row[i]) for row in [header, *rows]) for i in range(3)]
     lines = [
         style.bold(
-            f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  "
+            f"{pad(header[0], widths[0])}  {pad(header[1], widths[1])}  "
             f"{header[2]:>{widths[2]}}  {header[3]}".rstrip()
         )
     ]
-    for session, status, seq, details in rows:
-        # Pad before painting so escape codes do not upset the alignment.
-        status_cell = style.status(status) + " " * (widths[1] - len(status))
-        lines.append(
-            f"{session:<{widths[0]}}  {status_cell}  {seq:>{widths[2]}}  {details}".rstrip()
+    colors = SessionColors()
+    for session_id, (session, status, seq, details) in zip(ids, rows, strict=True):
+        # Pad outside the colours so escape codes do not upset the alignment.
+        painted = f"{colors.code(session_id)}{session}{RESET}" if style.color else session
+        session_cell = painted + " " * (widths[0] - display_width(session))
+        status_cell = style.paint(Style.STATUS.get(status, ""), status) + " " * (
+            widths[1] - display_width(status)
         )
+        seq_cell = " " * (widths[2] - display_width(seq)) + seq
+        lines.append(f"{session_cell}  {status_cell}  {seq_cell}  {details}".rstrip())
     return "\n".join(lines)
 
 
@@ -71,13 +109,13 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         sessions = asyncio.run(list_sessions(args.url, args.token, timeout=args.timeout))
     except AuthenticationError as exc:
         hint = "" if args.token else " (no token given: set --token or $PCCLOG_TOKEN)"
-        print(f"pcclog sessions: UNAUTHORIZED: {exc}{hint}", file=sys.stderr)
+        print(f"pcclog sessions: UNAUTHORIZED: {neutralize(str(exc))}{hint}", file=sys.stderr)
         return EXIT_AUTH
     except ConnectionFailed as exc:
-        print(f"pcclog sessions: {exc}", file=sys.stderr)
+        print(f"pcclog sessions: {neutralize(str(exc))}", file=sys.stderr)
         return EXIT_CONNECTION
     except (ClientError, ValueError) as exc:
-        print(f"pcclog sessions: {exc}", file=sys.stderr)
+        print(f"pcclog sessions: {neutralize(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

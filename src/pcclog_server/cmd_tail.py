@@ -1,6 +1,12 @@
 """``pcclog tail``: follow one session or every one (``'*'``) in the
 terminal, resuming without loss after reconnects.
 
+Every field a producer or the server controls is passed through
+``_terminal.neutralize`` before it is printed (``--json`` excepted): a log
+line cannot move the cursor, retitle the terminal, hide text or forge a
+line. See ``_terminal`` for the rules, the session colours and the padded
+session column.
+
 Also home to what the client commands share: the ``--url``/``--token``
 options, the stderr logging of the client library, and the exit codes.
 """
@@ -14,10 +20,10 @@ import logging
 import os
 import re
 import sys
-import zlib
 from datetime import datetime
 from typing import Any, TextIO
 
+from ._terminal import SessionColumn, neutralize, pad
 from .client import AuthenticationError, ConnectionFailed, Subscription
 
 __all__ = [
@@ -122,7 +128,9 @@ def use_color(stream: TextIO, choice: str) -> bool:
 
 
 class Style:
-    """ANSI styling that disappears when color is off."""
+    """ANSI styling that disappears when color is off. Only these constants
+    (and the session colours of ``_terminal``) are ever written as escape
+    sequences; what they wrap is neutralised first."""
 
     RESET = "\x1b[0m"
     LEVEL = {
@@ -134,7 +142,9 @@ class Style:
         5: "\x1b[1;37;41m",
     }
     STATUS = {"running": "\x1b[1;32m", "stopped": "\x1b[1;34m", "error": "\x1b[1;31m"}
-    SESSION = ("\x1b[36m", "\x1b[35m", "\x1b[34m", "\x1b[33m", "\x1b[96m", "\x1b[95m", "\x1b[94m")
+    DIM = "\x1b[2m"
+    BOLD = "\x1b[1m"
+    WARNING = "\x1b[1;33m"
 
     def __init__(self, color: bool) -> None:
         self.color = color
@@ -143,17 +153,14 @@ class Style:
         return f"{code}{text}{self.RESET}" if self.color and code else text
 
     def dim(self, text: str) -> str:
-        return self.paint("\x1b[2m", text)
+        return self.paint(self.DIM, text)
 
     def bold(self, text: str) -> str:
-        return self.paint("\x1b[1m", text)
-
-    def session(self, session_id: str) -> str:
-        code = self.SESSION[zlib.crc32(session_id.encode()) % len(self.SESSION)]
-        return self.paint(code, session_id)
+        return self.paint(self.BOLD, text)
 
     def status(self, status: str) -> str:
-        return self.paint(self.STATUS.get(status, ""), status)
+        """``status`` neutralised, coloured if it is one of the three."""
+        return self.paint(self.STATUS.get(status, ""), neutralize(status))
 
 
 # --- formatting ---------------------------------------------------------------
@@ -168,9 +175,9 @@ def _local_time(timestamp: object) -> str:
         return " " * 12
     try:
         moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    except ValueError:
-        return timestamp
-    return moment.astimezone().strftime("%H:%M:%S.%f")[:-3]
+        return moment.astimezone().strftime("%H:%M:%S.%f")[:-3]
+    except (ValueError, OverflowError):  # a producer's own timestamp: any text
+        return neutralize(timestamp)
 
 
 def _summary(metadata: object, keys: tuple[str, ...]) -> str:
@@ -180,8 +187,8 @@ def _summary(metadata: object, keys: tuple[str, ...]) -> str:
     for key in keys:
         if key in metadata and metadata[key] not in (None, ""):
             value = metadata[key]
-            text = value if isinstance(value, str) else json.dumps(value)
-            parts.append(f"{key}={text}")
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            parts.append(f"{key}={neutralize(text)}")
     return " ".join(parts)
 
 
@@ -200,37 +207,42 @@ _HIDDEN_DATA = ("stream", "containerId")
 
 
 class Formatter:
-    """One message → one line of text (or None to print nothing)."""
+    """One message → one line of text (or None to print nothing): exactly
+    one, whatever the message holds, since every field is neutralised."""
 
     def __init__(self, style: Style, *, tty: bool) -> None:
         self.style = style
         self.tty = tty
+        self.sessions = SessionColumn(color=style.color, pad=tty)
 
     def _when(self, timestamp: object) -> str:
         if self.tty:
             return self.style.dim(_local_time(timestamp))
-        return timestamp if isinstance(timestamp, str) else "-"
+        return neutralize(timestamp) if isinstance(timestamp, str) else "-"
 
     def format(self, message: dict[str, Any]) -> str | None:
         kind = message.get("type")
+        if kind not in ("log", "status", "gap"):
+            return None
         style = self.style
-        session = str(message.get("sessionId", ""))
+        session = self.sessions.cell(str(message.get("sessionId", "")))
         if kind == "log":
             level = str(message.get("level", "info"))
             rank = level_rank(level)
-            label = level.upper().ljust(5)
-            text = str(message.get("message", ""))
+            label = pad(neutralize(level.upper()), 5)
+            text = neutralize(str(message.get("message", "")), keep_tab=True)
             data = message.get("data")
             extra = ""
             if isinstance(data, dict):
                 shown = {k: v for k, v in data.items() if k not in _HIDDEN_DATA}
                 if shown:
                     dumped = json.dumps(shown, ensure_ascii=False, separators=(",", ":"))
-                    extra = " " + style.dim(dumped if len(dumped) <= 300 else dumped[:297] + "...")
+                    dumped = dumped if len(dumped) <= 300 else dumped[:297] + "..."
+                    extra = " " + style.dim(neutralize(dumped))
             if self.tty and rank >= 4:
                 text = style.paint(Style.LEVEL[rank], text) if rank == 4 else text
             return (
-                f"{self._when(message.get('timestamp'))} {style.session(session)} "
+                f"{self._when(message.get('timestamp'))} {session} "
                 f"{style.paint(Style.LEVEL.get(rank, ''), label)} {text}{extra}"
             )
         if kind == "status":
@@ -241,24 +253,25 @@ class Formatter:
                 when = metadata.get("startTime" if status == "running" else "finishedAt")
             details = _summary(metadata, _STATUS_KEYS)
             snapshot = "seq" not in message
+            shown_status = neutralize(status)
             if self.tty:
                 marker = {"running": "●", "stopped": "■", "error": "✖"}.get(status, "•")
-                head = style.paint(Style.STATUS.get(status, ""), f"{marker} {status}")
+                head = style.paint(Style.STATUS.get(status, ""), f"{marker} {shown_status}")
                 tail = style.dim(" (current state)") if snapshot else ""
                 body = f"{head}{tail}" + (f"  {style.dim(details)}" if details else "")
-                return f"{self._when(when)} {style.session(session)} {body}"
+                return f"{self._when(when)} {session} {body}"
             label = "STATE" if snapshot else "STATUS"
-            return f"{self._when(when)} {session} {label} {status}" + (
+            return f"{self._when(when)} {session} {label} {shown_status}" + (
                 f" {details}" if details else ""
             )
         if kind == "gap":
-            span = f"{message.get('fromSeq')}-{message.get('toSeq')}"
-            reason = message.get("reason", "")
+            span = neutralize(f"{message.get('fromSeq')}-{message.get('toSeq')}")
+            reason = neutralize(str(message.get("reason", "")))
             if self.tty:
                 text = style.paint(
-                    "\x1b[1;33m", f"⚠ missed entries {span} ({reason}); they are not in this view"
+                    Style.WARNING, f"⚠ missed entries {span} ({reason}); they are not in this view"
                 )
-                return f"{self._when(None)} {style.session(session)} {text}"
+                return f"{self._when(None)} {session} {text}"
             return f"- {session} GAP {span} {reason}"
         return None
 
@@ -268,7 +281,7 @@ class Formatter:
 
 def _error_line(message: dict[str, Any]) -> str:
     where = f" [{message['sessionId']}]" if message.get("sessionId") else ""
-    return f"{message.get('code')}{where}: {message.get('message')}"
+    return neutralize(f"{message.get('code')}{where}: {message.get('message')}")
 
 
 async def _tail(args: argparse.Namespace) -> int:
@@ -284,9 +297,9 @@ async def _tail(args: argparse.Namespace) -> int:
         # one per attempt in between.
         nonlocal outage
         if connected and outage:
-            print(f"pcclog tail: {detail}; resumed", file=sys.stderr, flush=True)
+            print(f"pcclog tail: {neutralize(detail)}; resumed", file=sys.stderr, flush=True)
         elif not connected and not outage:
-            print(f"pcclog tail: {detail}", file=sys.stderr, flush=True)
+            print(f"pcclog tail: {neutralize(detail)}", file=sys.stderr, flush=True)
         outage = not connected
 
     current: str | None = None
@@ -355,13 +368,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return asyncio.run(_tail(args))
     except AuthenticationError as exc:
         hint = "" if args.token else " (no token given: set --token or $PCCLOG_TOKEN)"
-        print(f"pcclog tail: UNAUTHORIZED: {exc}{hint}", file=sys.stderr)
+        print(f"pcclog tail: UNAUTHORIZED: {neutralize(str(exc))}{hint}", file=sys.stderr)
         return EXIT_AUTH
     except ConnectionFailed as exc:
-        print(f"pcclog tail: {exc}", file=sys.stderr)
+        print(f"pcclog tail: {neutralize(str(exc))}", file=sys.stderr)
         return EXIT_CONNECTION
     except ValueError as exc:
-        print(f"pcclog tail: {exc}", file=sys.stderr)
+        print(f"pcclog tail: {neutralize(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
