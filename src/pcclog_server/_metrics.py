@@ -70,7 +70,28 @@ class _Collector:
             "pcclog_rate_limited", "Messages refused by the rate limit", value=c.rate_limited
         )
         yield GaugeMetricFamily(
-            "pcclog_queued_bytes", "Outbound bytes queued in the core", value=hub.queued_bytes
+            "pcclog_queued_bytes",
+            "Outbound bytes held for connections (queued or not yet written)",
+            value=hub.queued_bytes,
+        )
+        yield GaugeMetricFamily(
+            "pcclog_history_bytes", "Bytes of in-memory history", value=hub.history_bytes
+        )
+        yield GaugeMetricFamily(
+            "pcclog_memory_budget_bytes", "MEMORY_BUDGET", value=hub.limits.memory_budget
+        )
+        yield GaugeMetricFamily(
+            "pcclog_producers_paused",
+            "1 while queued output and history are over MEMORY_BUDGET",
+            value=1.0 if hub.producers_paused else 0.0,
+        )
+        yield CounterMetricFamily(
+            "pcclog_history_shed_bytes",
+            "History bytes evicted to stay under MEMORY_BUDGET",
+            value=c.history_shed,
+        )
+        yield CounterMetricFamily(
+            "pcclog_lines_cut", "Messages cut at MAX_LINE_BYTES", value=c.lines_cut
         )
         ready = GaugeMetricFamily(
             "pcclog_source_ready", "1 when a log source is connected", labels=["source"]
