@@ -131,6 +131,16 @@ def run_core(quick: bool) -> list[Row] | None:
     return [{"target": "pcclog_core", "scenario": "S5", **row} for row in rows]
 
 
+def run_memory(quick: bool) -> list[Row]:
+    """S6: pcclog's RSS under the memory attacks, against the bound's formula."""
+    try:
+        module = importlib.import_module("benchmarks.memory_bench")
+        row = module.run_memory_bench(quick=quick)
+    except Exception as exc:  # the hook must not sink the whole run
+        return [{"target": "pcclog", "scenario": "S6", "error": f"{type(exc).__name__}: {exc}"}]
+    return [{"target": "pcclog", **row}]
+
+
 # -- formatting ---------------------------------------------------------------------------
 
 
@@ -280,6 +290,17 @@ def results_markdown(
     core = [r for r in rows if r["scenario"] == "S5"]
     if core:
         parts += ["", "S5, the sans-IO core alone (no sockets):", "", scenario_tables(core)]
+    memory = [r for r in rows if r["scenario"] == "S6"]
+    if memory:
+        parts += [
+            "",
+            "S6, pcclog's memory under attack (two view clients that never read: `*` since 0"
+            " twice over the whole history, and a flood of list/subscribe/ping/bad messages"
+            " under the rate limit), against the bound `connections x (CONNECTION_BUFFER +"
+            " MAX_MESSAGE_SIZE + 320 KiB)` (benchmarks/memory_bench.py):",
+            "",
+            scenario_tables(memory),
+        ]
     parts += [
         "",
         "Ratios, target ÷ peer (deliveries/s: higher is better; everything else: lower is "
@@ -318,7 +339,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--quick", action="store_true", help="every scenario ~1 s, small counts")
     ap.add_argument("--targets", default=",".join(names), help=f"comma list of {names}")
-    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma list, e.g. S1,S3")
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5,S6", help="comma list, e.g. S1,S3")
     ap.add_argument("--duration", type=float, help="S1/S2 measured seconds (default 5)")
     ap.add_argument("--idle-conns", type=int, help="S3 connections (default 10000)")
     ap.add_argument("--slow-duration", type=float, help="S4 seconds (default 60)")
@@ -394,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
             print("S5 core-only: benchmarks/core_bench.py not present, skipped")
         else:
             rows += core
+    if "S6" in chosen and "pcclog" in wanted:
+        print("[pcclog] S6 memory under attack ...", flush=True)
+        rows += run_memory(args.quick)
 
     elapsed = time.monotonic() - t_start
     meta = {
@@ -429,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             f"\nraw rows: {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}"
         )
     # Only a full, default run replaces the README's table, unless asked.
-    complete = not args.quick and args.targets == ",".join(known) and "S5" in chosen
+    complete = not args.quick and args.targets == ",".join(known) and {"S5", "S6"} <= chosen
     complete = complete and len(scenarios) == len(all_scenarios(params))
     if (complete or args.readme) and not args.no_readme:
         update_readme(block)

@@ -39,7 +39,7 @@ def test_every_scenario_runs_quick() -> None:
     scenarios = {r["scenario"] for r in rows if r.get("target") == "pcclog"}
     # --quick shrinks S1's viewer counts; both S1 sizes and S2-S4 must run.
     assert len([s for s in scenarios if s.startswith("S1-")]) == 2, sorted(by)
-    assert {"S2", "S3", "S4"} <= scenarios, sorted(by)
+    assert {"S2", "S3", "S4", "S6"} <= scenarios, sorted(by)
     assert ("websockets", "S2") in by, sorted(by)
     for row in rows:
         if row.get("target") != "pcclog":
@@ -50,5 +50,9 @@ def test_every_scenario_runs_quick() -> None:
             assert row["deliveries_per_s"] > 0 and row["incomplete_viewers"] == 0, row
         if row["scenario"] == "S3":
             assert row["still_open"] == row["conns"], row
+        if row["scenario"] == "S6":
+            # The legitimate viewer got every line while the attackers ran.
+            assert row["legit_in_order"] and row["legit_received"] == row["legit_sent"], row
+            assert row["queued_peak_mb"] > 0, row
     core = [r for r in rows if r.get("target") == "pcclog_core"]
     assert core and all(r["frames_per_s"] > 0 for r in core), core
