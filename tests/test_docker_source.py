@@ -354,8 +354,13 @@ def test_tty_long_lines_and_json(
     err = [m for m in viewer.logs("long") if m["data"]["stream"] == "stderr"]
     assert len(out) == 6 and len(err) == 2
     assert out[0]["message"] == "x" * 102400  # seven 16 KiB pieces, joined
-    assert out[1]["message"].startswith("y" * 1000)
-    assert out[1]["message"].endswith(f" …[truncated {300000 - 256 * 1024} bytes]")
+    # Cut once, with one marker, to MAX_LINE_BYTES as encoded: every byte
+    # of the 300,000 is either kept or counted.
+    cut = out[1]["message"]
+    kept, marker = cut.split(" …[truncated ")
+    assert kept == "y" * len(kept) and len(kept) > 256 * 1024 - 100
+    assert marker == f"{300000 - len(kept)} bytes]"
+    assert len(json.dumps(cut, ensure_ascii=False)) - 2 <= 256 * 1024
     assert err[0]["message"] == "z" * 40000
     assert (out[2]["level"], out[2]["message"], out[2]["data"]["n"]) == ("warn", "structured", 1)
     assert (out[3]["level"], out[3]["message"]) == ("error", "pino error")

@@ -890,6 +890,18 @@ def test_a_long_message_is_cut_on_its_escaped_size() -> None:
     assert hub.counters.lines_cut == 1
 
 
+def test_a_message_cut_upstream_keeps_one_marker_with_the_counts_added() -> None:
+    from pcclog_core._limits import cut_text
+
+    upstream = "y" * 2000 + " …[truncated 500 bytes]"
+    cut = cut_text(upstream, 1000)
+    kept, marker = cut.split(" …[truncated ")
+    assert cut.count("truncated") == 1
+    assert marker == f"{500 + 2000 - len(kept)} bytes]"
+    assert len(cut.encode()) <= 1000
+    assert cut_text("short …[truncated 5 bytes]", 1000) == "short …[truncated 5 bytes]"
+
+
 def test_take_ready_lists_each_client_once() -> None:
     hub = Hub()
     a, b = Peer(hub), Peer(hub)

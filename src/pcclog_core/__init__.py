@@ -33,6 +33,7 @@ from ._errors import (
 )
 from ._frames import text_frame
 from ._hub import Counters, Hub
+from ._levels import LEVEL_RANK, LEVELS, leading_level, normalize_level
 from ._limits import Limits
 from ._messages import decode_client_message, encode
 from ._outbox import Outbox, Pool
@@ -43,6 +44,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALL_ACCESS",
+    "LEVELS",
+    "LEVEL_RANK",
     "AuthError",
     "Authenticator",
     "Client",
@@ -69,6 +72,8 @@ __all__ = [
     "decode_client_message",
     "encode",
     "format_wall",
+    "leading_level",
+    "normalize_level",
     "normalize_timestamp",
     "parse_static_tokens",
     "text_frame",

@@ -76,6 +76,8 @@ from typing import Final, Literal
 
 import msgspec
 
+from ._levels import leading_level, level_of
+
 __all__ = [
     "ClassifiedLine",
     "DockerLine",
@@ -739,56 +741,6 @@ class DockerStreamDecoder:
 # Levels and messages (SPEC §4)
 # ---------------------------------------------------------------------------
 
-_LEVEL_NAMES: Final[dict[str, str]] = {
-    "trace": "trace",
-    "debug": "debug",
-    "info": "info",
-    "warn": "warn",
-    "warning": "warn",
-    "error": "error",
-    "err": "error",
-    "fatal": "fatal",
-    "critical": "fatal",
-    # syslog (RFC 5424 §6.2.1) and zap/logrus names
-    "notice": "info",
-    "crit": "fatal",
-    "alert": "fatal",
-    "emerg": "fatal",
-    "emergency": "fatal",
-    "panic": "fatal",
-    "dpanic": "fatal",
-}
-
-
-def _pino_level(n: float) -> str:
-    """pino's numeric levels: 10 trace, 20 debug, 30 info, 40 warn, 50 error, 60 fatal.
-
-    Custom levels in between take the level at or below them.
-    """
-    if n < 20:
-        return "trace"
-    if n < 30:
-        return "debug"
-    if n < 40:
-        return "info"
-    if n < 50:
-        return "warn"
-    if n < 60:
-        return "error"
-    return "fatal"
-
-
-def _level_of(value: object) -> str | None:
-    if isinstance(value, str):
-        name = value.strip().lower()
-        level = _LEVEL_NAMES.get(name)
-        if level is None and name.isascii() and name.isdigit():
-            level = _pino_level(int(name))
-        return level
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return None if value != value else _pino_level(value)  # NaN has no level
-    return None
-
 
 def classify_line(
     line: DockerLine,
@@ -806,7 +758,10 @@ def classify_line(
     ``critical``→``fatal``, and the syslog names) or pino's numbers — and the
     message: ``msg``, else ``message`` (a non-string is JSON-encoded), else
     the whole line. Any other line is a message at ``stdout_level`` or
-    ``stderr_level`` by stream, as is a JSON line without a known level.
+    ``stderr_level`` by stream, as is a JSON line without a known level;
+    a stderr line first gets the level its leading keyword names (``ERROR``,
+    ``WARN``/``WARNING``, ``INFO``, ``DEBUG``, ``Traceback``), so a warning
+    on stderr is not counted as an error.
     ``timestamp`` is the engine's timestamp in pcclog's wire form.
     """
     text = line.text
@@ -820,13 +775,15 @@ def classify_line(
         except (msgspec.DecodeError, RecursionError):
             fields = None
     if not isinstance(fields, dict):
+        if line.stream == "stderr":
+            default = leading_level(text) or default
         return ClassifiedLine(
             level=default,
             message=text,
             data={"containerId": container_id, "stream": line.stream},
             timestamp=timestamp,
         )
-    level = _level_of(fields.get("level")) or _level_of(fields.get("severity")) or default
+    level = level_of(fields.get("level")) or level_of(fields.get("severity")) or default
     message = text
     for key in ("msg", "message"):
         value = fields.get(key)

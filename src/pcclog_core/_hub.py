@@ -47,6 +47,7 @@ import msgspec
 from ._auth import Authenticator, Grant
 from ._errors import CloseCode, ErrorCode, MessageError
 from ._frames import frame_header_length, text_frame
+from ._levels import LEVEL_RANK, normalize_level
 from ._limits import Limits, cut_text
 from ._messages import Log, SessionInfo, Status, encode
 from ._outbox import Pool, fan_out
@@ -158,8 +159,9 @@ class Hub:
     ) -> int:
         """Append a ``log`` entry and fan it out. Returns its seq.
 
-        A ``message`` longer than ``max_line_bytes`` (as encoded JSON) is
-        cut, with a marker saying how much. Raises
+        ``level`` is normalised through the one level table (``_levels``). A
+        ``message`` longer than ``max_line_bytes`` (as encoded JSON) is cut,
+        with a marker saying how much. Raises
         ``MessageError(TOO_MANY_SESSIONS)`` when a new session would exceed
         ``max_sessions``.
         """
@@ -167,6 +169,8 @@ class Hub:
         if session is None:
             session = self._create(session_id, now)
         limits = self.limits
+        if level not in LEVEL_RANK:
+            level = normalize_level(level)
         if len(message) > self._short_line:
             cut = cut_text(message, limits.max_line_bytes)
             if cut is not message:

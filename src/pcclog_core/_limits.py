@@ -16,6 +16,7 @@ assembled, one socket read, its objects).
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal
 
 import msgspec
@@ -84,15 +85,25 @@ def _json_length(text: str) -> int:
     return len(msgspec.json.encode(text)) - 2
 
 
+_MARKER = re.compile(r" …\[truncated (\d{1,20}) bytes\]\Z")
+
+
 def cut_text(text: str, max_bytes: int) -> str:
     """``text`` if it encodes to at most ``max_bytes`` of JSON, else its
     longest prefix that fits with the marker ``" …[truncated N bytes]"``
     (N: UTF-8 bytes of ``text`` left out). Control characters take six bytes
     each once escaped, so the bound is on the escaped form: that is what
-    history and every viewer hold."""
+    history and every viewer hold. A text already cut upstream (the Docker
+    decoder cuts while it joins) keeps one marker, with the counts added."""
     size = _json_length(text)
     if size <= max_bytes:
         return text
+    earlier = 0
+    found = _MARKER.search(text)
+    if found is not None:
+        earlier = int(found[1])
+        text = text[: found.start()]
+        size = _json_length(text)
     room = max_bytes - 40  # the marker, with a 20-digit count
     keep = len(text) * room // size
     while keep > 0:
@@ -100,5 +111,5 @@ def cut_text(text: str, max_bytes: int) -> str:
         if size <= room:
             break
         keep = max(0, min(keep - 1, keep * room // size))
-    dropped = len(text[keep:].encode("utf-8", "surrogatepass"))
+    dropped = earlier + len(text[keep:].encode("utf-8", "surrogatepass"))
     return f"{text[:keep]} …[truncated {dropped} bytes]"

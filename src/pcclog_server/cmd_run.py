@@ -31,6 +31,7 @@ import sys
 import time
 from typing import IO, Any
 
+from pcclog_core import normalize_level
 from pcclog_core._timefmt import format_wall
 
 from .client import Producer
@@ -312,7 +313,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _level(text: str) -> str:
     if text.lower() not in LEVELS:
         raise argparse.ArgumentTypeError(f"unknown level {text!r}")
-    return text.lower()
+    return normalize_level(text)
 
 
 def register(sub: Any) -> None:

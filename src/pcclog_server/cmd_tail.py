@@ -23,6 +23,10 @@ import sys
 from datetime import datetime
 from typing import Any, TextIO
 
+from pcclog_core import LEVEL_RANK, normalize_level
+from pcclog_core import LEVELS as LEVEL_NAMES
+from pcclog_core._levels import LEVEL_ALIASES
+
 from ._terminal import SessionColumn, neutralize, pad
 from .client import AuthenticationError, ConnectionFailed, Subscription
 
@@ -44,21 +48,10 @@ EXIT_INTERRUPTED = 130
 
 DEFAULT_URL = "ws://127.0.0.1:8080"
 
-LEVELS = {
-    "trace": 0,
-    "debug": 1,
-    "info": 2,
-    "notice": 2,
-    "warn": 3,
-    "warning": 3,
-    "error": 4,
-    "err": 4,
-    "fatal": 5,
-    "critical": 5,
-    "crit": 5,
-    "panic": 5,
-}
-_LEVEL_CHOICES = ("trace", "debug", "info", "warn", "error", "fatal")
+# The core's one level table: every alias a producer may send ranks as the
+# level it names (``emerg`` is fatal, never hidden behind ``--level error``).
+LEVELS = {alias: LEVEL_RANK[level] for alias, level in LEVEL_ALIASES.items()}
+_LEVEL_CHOICES = LEVEL_NAMES
 
 EXIT_CODES_HELP = """exit status:
   0  the session stopped (with --exit-on-end)
@@ -167,7 +160,7 @@ class Style:
 
 
 def level_rank(level: object) -> int:
-    return LEVELS.get(str(level).lower(), 2)
+    return LEVEL_RANK[normalize_level(level)]
 
 
 def _local_time(timestamp: object) -> str:
