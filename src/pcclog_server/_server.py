@@ -69,6 +69,7 @@ from pcclog_core import (
     WebSocketAccepted,
     encode,
 )
+from pcclog_core._levels import levels_json
 from pcclog_core._messages import Sessions
 
 from ._config import Config
@@ -80,6 +81,7 @@ __all__ = ["Server", "Source"]
 _RECV_SIZE = 262_144
 _TIMER_SLACK = 0.01  # seconds a deadline may be served late, to batch wake-ups
 _STATIC = Path(__file__).parent / "static"
+_LEVELS = levels_json()
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -919,6 +921,10 @@ class Server:
                 return 403, json_type, b'{"error":"UNAUTHORIZED","message":"token lacks view"}'
         return 200, json_type, encode(Sessions(sessions=self.hub.list_sessions(grant)))
 
+    def _levels(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The core's level table, so the viewer uses it instead of a copy."""
+        return 200, [("Content-Type", "application/json"), ("Cache-Control", "no-cache")], _LEVELS
+
     def _index(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
         return self._static("index.html")
 
@@ -953,6 +959,7 @@ _ROUTES: dict[str, _Route] = {
     "/readyz": Server._readyz,
     "/metrics": Server._metrics,
     "/api/sessions": Server._api_sessions,
+    "/levels.json": Server._levels,
     "/": Server._index,
     "/index.html": Server._index,
 }
