@@ -13,7 +13,16 @@ bytes and sleeps until ``next_deadline()``.
 * ``DockerStreamDecoder`` and friends — the Docker log stream, decoded.
 """
 
-from ._auth import ALL_ACCESS, Authenticator, AuthError, Grant, Role, parse_static_tokens
+from ._auth import (
+    ALL_ACCESS,
+    Authenticator,
+    AuthError,
+    Grant,
+    Role,
+    authorize_request,
+    bearer_token,
+    parse_static_tokens,
+)
 from ._client import Client
 from ._connection import (
     Connection,
@@ -29,7 +38,6 @@ from ._errors import (
     LocalProtocolError,
     MessageError,
     PcclogError,
-    RemoteProtocolError,
 )
 from ._frames import text_frame
 from ._hub import Counters, Hub
@@ -65,10 +73,11 @@ __all__ = [
     "Outbox",
     "PcclogError",
     "Pool",
-    "RemoteProtocolError",
     "Role",
     "Session",
     "WebSocketAccepted",
+    "authorize_request",
+    "bearer_token",
     "decode_client_message",
     "encode",
     "format_wall",

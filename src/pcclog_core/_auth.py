@@ -29,7 +29,18 @@ from typing import Any
 
 import jwt
 
-__all__ = ["ALL_ACCESS", "AuthError", "Authenticator", "Grant", "Role", "parse_static_tokens"]
+from ._errors import PcclogError
+
+__all__ = [
+    "ALL_ACCESS",
+    "AuthError",
+    "Authenticator",
+    "Grant",
+    "Role",
+    "authorize_request",
+    "bearer_token",
+    "parse_static_tokens",
+]
 
 
 class Role(enum.StrEnum):
@@ -37,8 +48,17 @@ class Role(enum.StrEnum):
     PRODUCE = "produce"
 
 
-class AuthError(Exception):
-    """The token was refused; the text says why, and never repeats the token."""
+class AuthError(PcclogError):
+    """The token was refused; the text says why, and never repeats the token.
+
+    ``status`` is the HTTP answer where a request is refused before any
+    WebSocket exists: 401 for a missing or invalid token, 403 for a valid
+    one that lacks the role asked for.
+    """
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -212,3 +232,39 @@ class Authenticator:
             expires=float(exp),
             subject=str(subject) if subject is not None else "jwt",
         )
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header (RFC 6750 §2.1:
+    the scheme is case-insensitive), or ``None``."""
+    if authorization is None or authorization[:7].lower() != "bearer ":
+        return None
+    return authorization[7:].strip() or None
+
+
+def authorize_request(
+    authenticator: Authenticator,
+    token: str | None,
+    *,
+    wall: float,
+    role: Role | None = None,
+    required: bool = True,
+) -> Grant | None:
+    """The one decision for a request that carries its token in HTTP (a
+    WebSocket upgrade, ``/api/sessions``, the hooks).
+
+    Returns the grant, or ``None`` when no token came and none is
+    ``required`` (a WebSocket may still authenticate with a message) or auth
+    is disabled. Raises ``AuthError`` with ``status`` 401 (no token where one
+    is required, or an invalid one) or 403 (valid, without ``role``).
+    """
+    if not authenticator.required:
+        return ALL_ACCESS
+    if token is None:
+        if required:
+            raise AuthError("missing Bearer token")
+        return None
+    grant = authenticator.authenticate(token, wall=wall)
+    if role is not None and role not in grant.roles:
+        raise AuthError(f"token lacks the {role.value!r} role", status=403)
+    return grant

@@ -68,7 +68,7 @@ from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import generate_accept_token
 
-from ._auth import AuthError, Grant
+from ._auth import ALL_ACCESS, AuthError, authorize_request, bearer_token
 from ._client import Client
 from ._errors import CloseCode, ErrorCode, LocalProtocolError
 from ._hub import Hub
@@ -537,20 +537,17 @@ class Connection:
         ):
             self._refuse(403, "origin not allowed")
             return
-        token = None
-        authorization = _header(headers, "authorization")
-        if authorization is not None and authorization[:7].lower() == "bearer ":
-            token = authorization[7:].strip()
-        elif query.get("token"):
+        token = bearer_token(_header(headers, "authorization"))
+        if token is None and query.get("token"):
             token = query["token"][0]
-        grant: Grant | None = None
-        if token is not None and self.hub.authenticator.required:
-            try:
-                grant = self.hub.authenticator.authenticate(token, wall=wall)
-            except AuthError as exc:
-                self.hub.counters.auth_failures += 1
-                self._refuse(401, f"authentication failed: {exc}")
-                return
+        try:
+            grant = authorize_request(self.hub.authenticator, token, wall=wall, required=False)
+        except AuthError as exc:
+            self.hub.counters.auth_failures += 1
+            self._refuse(exc.status, f"authentication failed: {exc}")
+            return
+        if grant is ALL_ACCESS:
+            grant = None  # the client takes it from its hub's authenticator
         container = query.get("containerID") or query.get("containerId")
         accept = generate_accept_token(key.encode("ascii")).decode("ascii")
         response = h11.InformationalResponse(

@@ -1,9 +1,11 @@
 """Typed errors, error codes and close codes.
 
-Everything a remote peer can cause surfaces as one of these, never as a
-crash. Each error carries the hint a runtime needs to answer it: an
-``ErrorCode`` for an ``error`` reply (the connection stays open) or a
-``CloseCode`` for a WebSocket close (SPEC §3, "Close codes").
+Everything a remote peer can cause surfaces as an answer, never as a crash:
+an ``ErrorCode`` in an ``error`` reply (``MessageError``; the connection
+stays open), a ``CloseCode`` on a WebSocket close, or an HTTP status before
+the upgrade (``AuthError.status``, in ``_auth``). Every error the core raises
+derives from ``PcclogError``; ``LocalProtocolError`` means the runtime used
+the core wrongly (a bug, not input).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ __all__ = [
     "LocalProtocolError",
     "MessageError",
     "PcclogError",
-    "RemoteProtocolError",
 ]
 
 
@@ -62,25 +63,6 @@ class MessageError(PcclogError):
         self.code = code
         self.message = message
         self.session_id = session_id
-
-
-class RemoteProtocolError(PcclogError):
-    """The peer broke the protocol; the connection closes with ``close_code``.
-
-    For an HTTP request that never became a WebSocket, ``http_status`` is the
-    status of the response (400, 403, 431…).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        close_code: CloseCode = CloseCode.PROTOCOL_ERROR,
-        http_status: int = 400,
-    ) -> None:
-        super().__init__(message)
-        self.close_code = close_code
-        self.http_status = http_status
 
 
 class LocalProtocolError(PcclogError):

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
+    from ._http import HTTPRoutes
     from ._server import Server
 
 __all__ = ["render_metrics"]
@@ -101,10 +102,11 @@ class _Collector:
         yield ready
 
 
-def render_metrics(server: Server) -> tuple[str, bytes]:
-    registry = server._metrics_registry
+def render_metrics(server: Server, owner: HTTPRoutes) -> tuple[str, bytes]:
+    """The exposition; the registry is made once and kept by ``owner``."""
+    registry = owner.metrics_registry
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(server))
-        server._metrics_registry = registry
+        owner.metrics_registry = registry
     return CONTENT_TYPE_LATEST, generate_latest(registry)

@@ -22,7 +22,8 @@ socket is read, fed to the core and flushed synchronously. An idle viewer
 then costs only its core objects and a socket, and a wake-up costs one
 callback instead of a task switch through a future. One timer task serves
 every connection's core deadline (pings, pong and auth timeouts) from a
-heap, in both drivers.
+heap, in both drivers, and the hub's own deadline (ended sessions' eviction)
+is on the same loop.
 
 TLS connections use anyio's ``TLSStream`` instead of the raw socket: reads
 are stream receives and each connection has a writer task woken by an
@@ -50,8 +51,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -59,37 +59,22 @@ import anyio.abc
 from anyio.streams.tls import TLSStream
 
 from pcclog_core import (
-    AuthError,
     CloseCode,
     Connection,
     ConnectionClosed,
     HTTPRequest,
     Hub,
-    Role,
     WebSocketAccepted,
-    encode,
 )
-from pcclog_core._levels import levels_json
-from pcclog_core._messages import Sessions
 
 from ._config import Config
+from ._http import HTTPRoutes
 from ._log import Logger
-from ._metrics import render_metrics
 
 __all__ = ["Server", "Source"]
 
 _RECV_SIZE = 262_144
 _TIMER_SLACK = 0.01  # seconds a deadline may be served late, to batch wake-ups
-_STATIC = Path(__file__).parent / "static"
-_LEVELS = levels_json()
-_CONTENT_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".ico": "image/x-icon",
-}
 
 
 class Source(Protocol):
@@ -167,7 +152,7 @@ class Server:
         self._next_id = 0
         self._listener: socket.socket | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._stopping = False
+        self.stopping = False  # read by /readyz
         self._stop = anyio.Event()
         # Paused connections, by why: their own backlog, or the hub's pool.
         self._paused_own: dict[int, _Peer] = {}
@@ -175,7 +160,7 @@ class Server:
         # Set when the pool drains, for sources waiting in ``wait_for_room``.
         self._room: anyio.Event | None = None
         self._allowed_origins = config.allowed_origins
-        self._metrics_registry: Any = None
+        self._routes = HTTPRoutes(self)
         self._timers: list[tuple[float, int, _Peer]] = []
         # Set when the asyncio driver is in use (see "Drivers" above).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -197,7 +182,6 @@ class Server:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._accept_loop, listener)
-            tg.start_soon(self._hub_timer)
             tg.start_soon(self._timer_loop)
             tg.start_soon(self._signals)
             for source in self.sources:
@@ -247,7 +231,7 @@ class Server:
 
     async def _shutdown(self) -> None:
         """SIGTERM: stop accepting, close every WebSocket with 1001, flush."""
-        self._stopping = True
+        self.stopping = True
         if self._listener is not None:
             anyio.notify_closing(self._listener)
             self._listener.close()
@@ -270,22 +254,11 @@ class Server:
             else:
                 self._wake_reader(peer)
 
-    async def _hub_timer(self) -> None:
-        """Evicts ended sessions when their time comes."""
-        hub = self.hub
-        while True:
-            deadline = hub.next_deadline()
-            now = time.monotonic()
-            delay = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
-            await anyio.sleep(delay)
-            hub.handle_timeout(time.monotonic())
-            self.flush_ready()
-
     # --- accepting ------------------------------------------------------------
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         assert self._tg is not None
-        while not self._stopping:
+        while not self.stopping:
             try:
                 await anyio.wait_readable(listener)
             except (anyio.ClosedResourceError, OSError):
@@ -300,7 +273,7 @@ class Server:
                         self.log.error("accept failed: out of resources", error=str(exc))
                         await anyio.sleep(0.1)
                         break
-                    if self._stopping or exc.errno == errno.EBADF:
+                    if self.stopping or exc.errno == errno.EBADF:
                         return
                     # ECONNABORTED, EPROTO, EPERM (a firewall)...: that one
                     # connection is lost, the listener is fine.
@@ -368,7 +341,7 @@ class Server:
                     break
                 self._read_ready(peer)
         peer.scope = None
-        if self._stopping and not conn.closed:
+        if self.stopping and not conn.closed:
             conn.abort("server shutting down")
         # Give the last frames (a close, an HTTP response) a moment to leave.
         if peer.pending is not None or peer.writing:
@@ -397,9 +370,16 @@ class Server:
             self._timer_wake.set()
 
     async def _timer_loop(self) -> None:
+        """Serves every connection's deadline and the hub's (session
+        eviction): one task, one heap, one sleep."""
         timers = self._timers
+        hub = self.hub
         while True:
             now, wall = _clock()
+            hub_deadline = hub.next_deadline()
+            if hub_deadline is not None and hub_deadline <= now:
+                hub.handle_timeout(now)
+                hub_deadline = hub.next_deadline()
             while timers and timers[0][0] <= now:
                 deadline, _, peer = heapq.heappop(timers)
                 if peer.deadline != deadline or peer.id not in self.peers:
@@ -417,7 +397,10 @@ class Server:
             # Timer slack: deadlines due within the next few milliseconds
             # are served by one wake-up, so 10,000 connections' pings cost a
             # few hundred wake-ups per round rather than 10,000.
-            self._timer_at = (timers[0][0] if timers else math.inf) + _TIMER_SLACK
+            first = timers[0][0] if timers else math.inf
+            if hub_deadline is not None and hub_deadline < first:
+                first = hub_deadline
+            self._timer_at = first + _TIMER_SLACK
             self._timer_wake = anyio.Event()
             with anyio.move_on_after(max(_TIMER_SLACK, self._timer_at - time.monotonic())):
                 await self._timer_wake.wait()
@@ -490,7 +473,7 @@ class Server:
 
     async def wait_for_room(self) -> None:
         """For sources: return once the hub's pool is under budget."""
-        while self.hub.producers_paused and not self._stopping:
+        while self.hub.producers_paused and not self.stopping:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
@@ -542,12 +525,16 @@ class Server:
     def flush_ready(self) -> None:
         """Write to every client the hub queued something for. Call it after
         publishing into the hub from outside a connection (a source)."""
-        for client in self.hub.take_ready():
+        hub = self.hub
+        for client in hub.take_ready():
             owner = client.owner
             if isinstance(owner, _Peer):
                 self._flush(owner)
         if self._paused_pool or self._room is not None:
             self._check_pool()
+        deadline = hub.next_deadline()
+        if deadline is not None and deadline + _TIMER_SLACK < self._timer_at:
+            self._timer_wake.set()
 
     def _flush(self, peer: _Peer) -> None:
         """Write what the core queued for ``peer``: non-blocking sends, no
@@ -786,7 +773,7 @@ class Server:
                     self._after_input(peer)
                     self._schedule(peer)
             peer.scope = None
-            if self._stopping and not conn.closed:
+            if self.stopping and not conn.closed:
                 conn.abort("server shutting down")
             # Let the writer send the last frames, then stop it.
             with anyio.move_on_after(1.0):
@@ -828,7 +815,7 @@ class Server:
         conn = peer.conn
         while (event := conn.next_event()) is not None:
             if type(event) is HTTPRequest:
-                status, headers, body = self._http(event)
+                status, headers, body = self._routes.answer(event)
                 conn.send_response(status, headers, body)
                 self.log.debug(
                     "http",
@@ -866,104 +853,6 @@ class Server:
                         status=event.code,
                         reason=event.reason,
                     )
-
-    # --- plain HTTP -----------------------------------------------------------
-
-    def _http(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
-        if request.method not in ("GET", "HEAD"):
-            return 405, [("Allow", "GET, HEAD")], b"method not allowed\n"
-        route = _ROUTES.get(request.path)
-        if route is not None:
-            status, headers, body = route(self, request)
-        elif request.path.startswith("/static/"):
-            status, headers, body = self._static(request.path[len("/static/") :])
-        else:
-            status, headers, body = 404, [], b"not found\n"
-        if request.method == "HEAD":
-            headers = [*headers, ("Content-Length", str(len(body)))]
-            body = b""
-        return status, headers, body
-
-    def _healthz(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
-        return 200, [], b"ok\n"
-
-    def _readyz(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
-        waiting = [s.name for s in self.sources if not s.ready]
-        if self._stopping:
-            return 503, [], b"shutting down\n"
-        if waiting:
-            return 503, [], ("not ready: " + ", ".join(waiting) + "\n").encode()
-        return 200, [], b"ready\n"
-
-    def _metrics(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
-        content_type, body = render_metrics(self)
-        return 200, [("Content-Type", content_type)], body
-
-    def _api_sessions(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
-        json_type = [("Content-Type", "application/json")]
-        authenticator = self.hub.authenticator
-        grant = None
-        if authenticator.required:
-            authorization = request.header("authorization") or ""
-            if authorization[:7].lower() != "bearer ":
-                return (
-                    401,
-                    [*json_type, ("WWW-Authenticate", "Bearer")],
-                    b'{"error":"UNAUTHORIZED","message":"missing Bearer token"}',
-                )
-            try:
-                grant = authenticator.authenticate(authorization[7:].strip(), wall=time.time())
-            except AuthError as exc:
-                self.hub.counters.auth_failures += 1
-                body = encode({"error": "UNAUTHORIZED", "message": f"authentication failed: {exc}"})
-                return 401, [*json_type, ("WWW-Authenticate", "Bearer")], body
-            if Role.VIEW not in grant.roles:
-                return 403, json_type, b'{"error":"UNAUTHORIZED","message":"token lacks view"}'
-        return 200, json_type, encode(Sessions(sessions=self.hub.list_sessions(grant)))
-
-    def _levels(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
-        """The core's level table, so the viewer uses it instead of a copy."""
-        return 200, [("Content-Type", "application/json"), ("Cache-Control", "no-cache")], _LEVELS
-
-    def _index(self, request: HTTPRequest) -> tuple[int, list[tuple[str, str]], bytes]:
-        return self._static("index.html")
-
-    def _static(self, name: str) -> tuple[int, list[tuple[str, str]], bytes]:
-        if "/" in name or name.startswith(".") or not name:
-            return 404, [], b"not found\n"
-        path = _STATIC / name
-        try:
-            body = path.read_bytes()
-        except OSError:
-            return 404, [], b"not found\n"
-        content_type = _CONTENT_TYPES.get(path.suffix, "application/octet-stream")
-        return (
-            200,
-            [
-                ("Content-Type", content_type),
-                ("Cache-Control", "no-cache"),
-                ("X-Content-Type-Options", "nosniff"),
-                (
-                    "Content-Security-Policy",
-                    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
-                    "style-src 'self'; script-src 'self'; frame-ancestors 'none'",
-                ),
-            ],
-            body,
-        )
-
-
-_Route = Callable[[Server, HTTPRequest], tuple[int, list[tuple[str, str]], bytes]]
-_ROUTES: dict[str, _Route] = {
-    "/healthz": Server._healthz,
-    "/readyz": Server._readyz,
-    "/metrics": Server._metrics,
-    "/api/sessions": Server._api_sessions,
-    "/levels.json": Server._levels,
-    "/": Server._index,
-    "/index.html": Server._index,
-}
-
 
 def _format_peer(address: Any) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
