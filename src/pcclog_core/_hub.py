@@ -31,6 +31,11 @@ shedding is rare); only if history cannot give enough back is the pool
 (``Client.wants_read``). Viewers are never paused by the pool: each is
 bounded by its own budget.
 
+Hub and Delivery talk through a narrow interface: a client calls ``settle``,
+``wait_for``/``stop_waiting``, ``follow_all``, ``mark_ready`` and ``doom``; the
+hub calls a client's ``attach``, ``offer``/``offer_plain`` and
+``session_evicted``. Neither writes the other's private fields.
+
 Backpressure on a viewer (its outbox past ``CONNECTION_BUFFER``) follows
 ``SLOW_CONSUMER`` for ``log`` entries: ``drop`` records an exact gap,
 ``disconnect`` closes it with 1013. ``status`` entries and replies are never
@@ -54,7 +59,7 @@ from ._outbox import Pool, fan_out
 from ._session import Session, StatusValue
 
 if TYPE_CHECKING:
-    from ._client import Client
+    from ._delivery import Delivery
 
 __all__ = ["Counters", "Hub", "Session"]
 
@@ -93,20 +98,20 @@ class Hub:
         # Ended sessions by end time; one timeout for all, so insertion
         # order is deadline order and the first one is the next to go.
         self._ended: dict[str, float] = {}
-        self._wildcard: dict[Client, None] = {}
-        self._pending: dict[str, dict[Client, None]] = {}
-        self._ready: list[Client] = []
-        self._doomed: list[Client] = []
+        self._wildcard: dict[Delivery, None] = {}
+        self._pending: dict[str, dict[Delivery, None]] = {}
+        self._ready: list[Delivery] = []
+        self._doomed: list[Delivery] = []
         self._batch_depth = 0
         self._dirty: list[Session] = []
-        self.clients: dict[Client, None] = {}
+        self.clients: dict[Delivery, None] = {}
         # A message of up to this many characters cannot encode to more
         # than ``max_line_bytes`` (6 bytes per character at worst, ``\\u0001``).
         self._short_line = max(0, (limits.max_line_bytes - 2) // 6)
 
     # --- the runtime's side ------------------------------------------------
 
-    def take_ready(self) -> list[Client]:
+    def take_ready(self) -> list[Delivery]:
         """Clients that got output since the last call; the runtime drains
         each one (``Client.data_to_send``)."""
         ready = self._ready
@@ -270,6 +275,45 @@ class Hub:
     def list_sessions(self, grant: Grant | None = None) -> list[SessionInfo]:
         return [s.info() for s in self.sessions.values() if grant is None or grant.can_view(s.id)]
 
+    # --- the clients' side: the whole interface a Delivery uses ---------------
+
+    def settle(self) -> None:
+        """Fan out an open batch's deferred entries now: called before
+        anything that must see entries in order (a reply, a subscribe, a
+        replay page)."""
+        if self._dirty:
+            self.flush_batch()
+
+    def wait_for(self, session_id: str, client: Delivery) -> None:
+        """``client`` subscribed to a session that does not exist yet: it is
+        attached when the session is created (if its grant still allows)."""
+        self._pending.setdefault(session_id, {})[client] = None
+
+    def stop_waiting(self, session_id: str, client: Delivery) -> None:
+        waiting = self._pending.get(session_id)
+        if waiting is not None:
+            waiting.pop(client, None)
+            if not waiting:
+                del self._pending[session_id]
+
+    def follow_all(self, client: Delivery, on: bool) -> None:
+        """``client`` subscribes to ``*`` (or stops): attached to every
+        session its grant allows as it is created."""
+        if on:
+            self._wildcard[client] = None
+        else:
+            self._wildcard.pop(client, None)
+
+    def mark_ready(self, client: Delivery) -> None:
+        """``client`` has output for the runtime (``take_ready``)."""
+        self._ready.append(client)
+
+    def doom(self, client: Delivery) -> None:
+        """Close ``client`` with 1013 once the current fan-out is done."""
+        if client not in self._doomed:
+            self._doomed.append(client)
+            self.counters.slow_consumer_disconnects += 1
+
     # --- internals ----------------------------------------------------------
 
     def _create(self, session_id: str, now: float) -> Session:
@@ -291,10 +335,10 @@ class Hub:
             for client in waiting:
                 # The grant may have narrowed since the subscribe.
                 if client.grant is not None and client.grant.can_view(session_id):
-                    client._attach(session, since=None, tail=0)
+                    client.attach(session, since=None, tail=0)
         for client in self._wildcard:
             if client.grant is not None and client.grant.can_view(session_id):
-                client._attach(session, since=None, tail=0)
+                client.attach(session, since=None, tail=0)
         return session
 
     def _evict(self, session_id: str) -> None:
@@ -305,10 +349,8 @@ class Hub:
         if session is None:
             return
         for client in (*session.subscribers, *session.viewers_plain, *session.lagging):
-            client._attached.pop(session_id, None)
-            client._replays.pop(session_id, None)
-            if session_id in client._explicit:
-                self._pending.setdefault(session_id, {})[client] = None
+            if client.session_evicted(session_id):
+                self.wait_for(session_id, client)
         session.subscribers.clear()
         session.viewers_plain.clear()
         session.lagging.clear()
@@ -343,15 +385,15 @@ class Hub:
         delivered = 0
         subscribers = session.subscribers
         if subscribers:
-            overflowed: list[Client] = []
+            overflowed: list[Delivery] = []
             taken = fan_out(subscribers, data, limit, self._ready, overflowed, self.pool)
             delivered = taken * count
             for client in overflowed:
-                delivered += client._offer(session.id, data, first, last, limit)
+                delivered += client.offer(session.id, data, first, last, limit)
         if session.viewers_plain:
             payloads = [f[frame_header_length(f) :] for f in frames]
             for client in session.viewers_plain:
-                delivered += client._offer_plain(session.id, payloads, first, last, limit)
+                delivered += client.offer_plain(session.id, payloads, first, last, limit)
         self.counters.deliveries += delivered
         if self._doomed:
             doomed = self._doomed

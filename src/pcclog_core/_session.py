@@ -23,7 +23,7 @@ from ._messages import SessionInfo, Status, encode
 from ._outbox import Outbox, Pool
 
 if TYPE_CHECKING:
-    from ._client import Client
+    from ._delivery import Delivery
 
 __all__ = ["Session", "StatusValue"]
 
@@ -63,11 +63,11 @@ class Session:
         # Live subscribers, with their outboxes: those that take frames (our
         # socket runtime) and those that take bare JSON payloads (an
         # embedder's WebSocket stack).
-        self.subscribers: dict[Client, Outbox] = {}
-        self.viewers_plain: dict[Client, Outbox] = {}
+        self.subscribers: dict[Delivery, Outbox] = {}
+        self.viewers_plain: dict[Delivery, Outbox] = {}
         # Clients replaying this session's history, not yet live (paged
         # replay: they join ``subscribers`` once they reach ``seq``).
-        self.lagging: dict[Client, None] = {}
+        self.lagging: dict[Delivery, None] = {}
         # Log frames published in the current batch, not yet fanned out.
         self.pending: list[bytes] = []
         # Highest ``pseq`` applied per producer id, newest producers last.
