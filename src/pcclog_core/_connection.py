@@ -51,11 +51,8 @@ closes the socket. The state moves only along ``_TRANSITIONS``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import enum
-import re
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
@@ -64,14 +61,14 @@ from wsproto.connection import Connection as _WSConnection
 from wsproto.connection import ConnectionState as _WSState
 from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
-from wsproto.extensions import Extension
-from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import generate_accept_token
 
 from ._auth import ALL_ACCESS, AuthError, authorize_request, bearer_token
 from ._client import Client
 from ._errors import CloseCode, ErrorCode, LocalProtocolError
+from ._handshake import HEAD_END, REASONS, Refusal, check_upgrade, format_response, header
 from ._hub import Hub
+from ._inbound import SizeGuard, next_simple_frame, wsproto_idle
 
 __all__ = [
     "Connection",
@@ -153,66 +150,6 @@ class ConnectionClosed:
 Event = HTTPRequest | WebSocketAccepted | ConnectionClosed
 
 
-class _SizeGuard(Extension):
-    """Refuses a message as soon as its frames' announced lengths pass the
-    limit: wsproto hands each frame header here before reading a payload
-    byte (RFC 6455 §10.4: "implementations SHOULD impose a limit")."""
-
-    name = "pcclog-size-guard"
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        # Lengths of the current message's *completed* frames: wsproto calls
-        # ``frame_inbound_header`` again for the same frame each time it
-        # retries a header that arrived in pieces (the mask key trickling
-        # in), so a frame is added to the total only once it is complete.
-        self.total = 0
-        self.exceeded = False
-
-    def enabled(self) -> bool:
-        return True
-
-    def offer(self) -> bool:
-        return False
-
-    def frame_inbound_header(
-        self,
-        proto: FrameDecoder | FrameProtocol,
-        opcode: Opcode,
-        rsv: RsvBits,
-        payload_length: int,
-    ) -> CloseReason | RsvBits:
-        if not opcode.iscontrol():
-            if opcode is not Opcode.CONTINUATION:
-                self.total = 0
-            if self.total + payload_length > self.limit:
-                self.exceeded = True
-                return CloseReason.MESSAGE_TOO_BIG
-        return RsvBits(False, False, False)
-
-    def frame_inbound_complete(
-        self, proto: FrameDecoder | FrameProtocol, fin: bool
-    ) -> bytes | CloseReason | None:
-        header = proto.header if isinstance(proto, FrameDecoder) else None
-        if header is not None and not header.opcode.iscontrol():
-            self.total += header.payload_len
-        return None
-
-
-_REASONS = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    426: "Upgrade Required",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-
 class Connection:
     """See the module docstring. Drive it with ``receive_data``,
     ``handle_timeout``, ``data_to_send``, ``next_event`` and
@@ -236,7 +173,7 @@ class Connection:
             h11.SERVER, max_incomplete_event_size=limits.max_head_bytes
         )
         self._ws: _WSConnection | None = None
-        self._guard: _SizeGuard | None = None
+        self._guard: SizeGuard | None = None
         self._head = bytearray()  # the first bytes of the request, to bound its head
         self._out: list[bytes] = []  # before the upgrade, and after the client is gone
         self._events: list[Event] = []
@@ -449,16 +386,16 @@ class Connection:
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            status = exc.error_status_hint if exc.error_status_hint in _REASONS else 400
+            status = exc.error_status_hint if exc.error_status_hint in REASONS else 400
             # h11's text quotes the offending bytes; keep only what it found wrong.
             self._refuse(status, f"malformed request: {str(exc).split(':')[0]}")
             return
         if event is h11.NEED_DATA:
-            if len(self._head) > limit + 4 and _HEAD_END.search(self._head) is None:
+            if len(self._head) > limit + 4 and HEAD_END.search(self._head) is None:
                 self._refuse(431, f"request head exceeds {limit} bytes")
             return
         self._head_request = isinstance(event, h11.Request) and event.method == b"HEAD"
-        found = _HEAD_END.search(self._head)
+        found = HEAD_END.search(self._head)
         end = found.start() if found is not None else -1
         if end < 0 or end > limit:
             # h11 only bounds a head that arrives in pieces; this bounds one
@@ -483,7 +420,7 @@ class Connection:
             return
         query = parse_qs(split.query)
         method = event.method.decode("latin-1")
-        upgrade = _header(headers, "upgrade")
+        upgrade = header(headers, "upgrade")
         if upgrade is not None and "websocket" in upgrade.lower():
             self._upgrade(method, split.path or "/", query, headers, conn, now, wall)
             return
@@ -504,40 +441,12 @@ class Connection:
         now: float,
         wall: float,
     ) -> None:
-        # RFC 6455 §4.2.1: what a server must check in the opening handshake.
-        if method != "GET":
-            self._refuse(405, "a WebSocket upgrade must use GET")
+        checked = check_upgrade(method, headers, self._allowed_origins)
+        if isinstance(checked, Refusal):
+            self._refuse(checked.status, checked.text, extra=checked.headers)
             return
-        connection_tokens = [
-            t.strip().lower() for t in (_header(headers, "connection") or "").split(",")
-        ]
-        if "upgrade" not in connection_tokens:
-            self._refuse(400, "missing 'Connection: Upgrade'")
-            return
-        if _header(headers, "sec-websocket-version") != "13":
-            self._refuse(
-                426,
-                "unsupported WebSocket version (only 13)",
-                extra=[("Sec-WebSocket-Version", "13")],
-            )
-            return
-        key = _header(headers, "sec-websocket-key")
-        try:
-            valid_key = key is not None and len(base64.b64decode(key, validate=True)) == 16
-        except (binascii.Error, ValueError):
-            valid_key = False
-        if not valid_key or key is None:
-            self._refuse(400, "missing or invalid Sec-WebSocket-Key")
-            return
-        origin = _header(headers, "origin")
-        if (
-            self._allowed_origins is not None
-            and origin is not None
-            and (origin not in self._allowed_origins)
-        ):
-            self._refuse(403, "origin not allowed")
-            return
-        token = bearer_token(_header(headers, "authorization"))
+        key = checked
+        token = bearer_token(header(headers, "authorization"))
         if token is None and query.get("token"):
             token = query["token"][0]
         try:
@@ -562,7 +471,7 @@ class Connection:
         self._out.append(conn.send(response) or b"")
         trailing, _ = conn.trailing_data
         self._h11 = None
-        self._guard = _SizeGuard(self.hub.limits.max_message_size)
+        self._guard = SizeGuard(self.hub.limits.max_message_size)
         self._ws = _WSConnection(ConnectionType.SERVER, extensions=[self._guard])
         self.client = Client(
             self.hub,
@@ -592,20 +501,7 @@ class Connection:
         self._respond(status, extra, (text + "\n").encode())
 
     def _respond(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
-        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}"]
-        names = set()
-        for name, value in headers:
-            names.add(name.lower())
-            head.append(f"{name}: {value}")
-        if "content-type" not in names:
-            head.append("Content-Type: text/plain; charset=utf-8")
-        if "content-length" not in names:
-            # The runtime may set it itself (a HEAD answer); never twice.
-            head.append(f"Content-Length: {len(body)}")
-        head.append("Connection: close")
-        if self._head_request:
-            body = b""
-        self._out.append(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        self._out.append(format_response(status, headers, body, head_request=self._head_request))
         self._h11 = None
         self._transition(_Input.RESPONDED)
         self._report_closed(status, "", by_peer=False)
@@ -641,7 +537,7 @@ class Connection:
                 ws.receive_data(data)
             self._receive_ws_events(ws, client, now, wall)
             return
-        if data and self.state is ConnectionState.OPEN and not self._parts and _wsproto_idle(ws):
+        if data and self.state is ConnectionState.OPEN and not self._parts and wsproto_idle(ws):
             consumed = self._receive_simple_frames(data, client, now, wall)
             if consumed == len(data):
                 return
@@ -690,59 +586,26 @@ class Connection:
                         self._send_close(*client.close_request, now=now)
 
     def _receive_simple_frames(self, data: bytes, client: Client, now: float, wall: float) -> int:
-        """The producers' fast path: complete, final, masked text frames of
-        up to 64 KiB with no reserved bit, the shape of nearly every client
-        message, are unmasked and decoded here (RFC 6455 §5.2, §5.3). At the
-        first frame of any other shape, or one not wholly received, this
-        stops and returns how many bytes it consumed; wsproto takes the rest,
-        with every check and error of its own. Only called at a frame
-        boundary with no fragmented message open."""
+        """The producers' fast path (``next_simple_frame``): complete,
+        final, masked text frames and pongs are handled here; at the first
+        frame of any other shape this returns how many bytes it consumed and
+        wsproto takes the rest, with every check and error of its own. Only
+        called at a frame boundary with no fragmented message open."""
         limit = self.hub.limits.max_message_size
-        end_of_data = len(data)
         pos = 0
-        while pos + 6 <= end_of_data:
-            first = data[pos]
-            second = data[pos + 1]
-            if first == 0x8A and second & 0x80 and (second & 0x7F) < 126:
-                # A pong (§5.5.3): the keepalive's answer, once per interval
-                # from every viewer.
-                end = pos + 6 + (second & 0x7F)
-                if end > end_of_data:
-                    break
-                payload = _unmask(data[pos + 2 : pos + 6], data[pos + 6 : end])
-                if self._pong_deadline is not None and payload == self._ping_payload:
+        while (found := next_simple_frame(data, pos, limit)) is not None:
+            is_text, value, pos = found
+            if not is_text:
+                # A pong (RFC 6455 §5.5.3): the keepalive's answer, once per
+                # interval from every viewer.
+                if self._pong_deadline is not None and value == self._ping_payload:
                     self._pong_deadline = None
                     self._ping_at = now + self.hub.limits.ping_interval
-                pos = end
                 continue
-            if first != 0x81:  # FIN, no RSV, text
-                break
-            if not second & 0x80:  # unmasked: wsproto closes with 1002
-                break
-            length = second & 0x7F
-            if length < 126:
-                start = pos + 6
-            elif length == 126:
-                if pos + 8 > end_of_data:
-                    break
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                if length < 126:  # not minimal: wsproto's error
-                    break
-                start = pos + 8
-            else:
-                break
-            end = start + length
-            if length > limit or end > end_of_data:
-                break
-            try:
-                text = _unmask(data[start - 4 : start], data[start:end]).decode("utf-8")
-            except UnicodeDecodeError:  # wsproto closes with 1007
-                break
-            pos = end
-            client.receive_message(text, now=now, wall=wall)
+            client.receive_message(value, now=now, wall=wall)
             if client.close_request is not None:
                 self._send_close(*client.close_request, now=now)
-                return end_of_data
+                return len(data)
             if not client.wants_read:
                 break
         return pos
@@ -843,40 +706,3 @@ class Connection:
 
 
 _CLOSE_CODES = frozenset(int(c) for c in CloseCode)
-
-
-def _unmask(mask: bytes, payload: bytes) -> bytes:
-    """XOR ``payload`` with the 4-byte ``mask`` (RFC 6455 §5.3), as one big
-    integer operation instead of a loop over bytes."""
-    length = len(payload)
-    key = int.from_bytes((mask * ((length >> 2) + 1))[:length], "big")
-    return (int.from_bytes(payload, "big") ^ key).to_bytes(length, "big")
-
-
-def _wsproto_idle(ws: _WSConnection) -> bool:
-    """wsproto holds no partial frame and no fragmented message, so the next
-    bytes start a new message and may take the fast path. Reads wsproto
-    internals (pinned to wsproto < 2 in pyproject); any surprise means
-    "not idle", which only costs speed."""
-    try:
-        proto = ws._proto
-        decoder = proto._frame_decoder
-        return (
-            decoder.header is None
-            and len(decoder.buffer) == 0
-            and proto._message_decoder.opcode is None
-        )
-    except AttributeError:
-        return False
-
-
-# The blank line that ends a request head, as h11 finds it: it accepts lines
-# ending in a bare LF (RFC 9112 §2.2), so "\r\n\r\n" alone misses some.
-_HEAD_END = re.compile(rb"\n\r?\n")
-
-
-def _header(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
