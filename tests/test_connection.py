@@ -43,6 +43,9 @@ from pcclog_core import (
     parse_static_tokens,
 )
 
+# An open hub: these tests are not about authentication.
+OPEN = Authenticator(disabled=True)
+
 T0 = 500.0
 WALL = 1_700_000_000.0
 
@@ -110,7 +113,7 @@ class Pair:
         allowed_origins: list[str] | None = None,
         now: float = T0,
     ) -> None:
-        self.hub = hub or Hub()
+        self.hub = hub or Hub(authenticator=OPEN)
         self.now = now
         self.conn = Connection(self.hub, now=now, allowed_origins=allowed_origins)
         self.ws = WSConnection(ConnectionType.CLIENT)
@@ -198,7 +201,7 @@ def test_handshake_101() -> None:
 
 
 def test_handshake_response_bytes() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(HANDSHAKE, now=T0, wall=WALL)
     data = conn.data_to_send()
     assert data.startswith(b"HTTP/1.1 101 ")
@@ -208,7 +211,7 @@ def test_handshake_response_bytes() -> None:
 
 
 def test_frames_in_the_same_packet_as_the_handshake() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     conn = Connection(hub, now=T0)
     ping = raw_frame(0x1, b'{"type":"ping"}')
     conn.receive_data(HANDSHAKE + ping + ping, now=T0, wall=WALL)
@@ -219,7 +222,7 @@ def test_frames_in_the_same_packet_as_the_handshake() -> None:
 
 
 def test_handshake_split_across_reads() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     for i in range(len(HANDSHAKE)):
         assert conn.state is ConnectionState.HANDSHAKE
         conn.receive_data(HANDSHAKE[i : i + 1], now=T0, wall=WALL)
@@ -325,7 +328,7 @@ def test_container_id_dialect() -> None:
 
 
 def test_plain_get_is_an_http_request() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(
         b"GET /healthz?verbose=1&x=2 HTTP/1.1\r\nHost: h\r\nX-Thing: Yes\r\n\r\n", now=T0, wall=WALL
     )
@@ -353,7 +356,7 @@ def test_plain_get_is_an_http_request() -> None:
 
 
 def test_head_request_gets_no_body() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(b"HEAD /healthz HTTP/1.1\r\nHost: h\r\n\r\n", now=T0, wall=WALL)
     event = conn.next_event()
     assert isinstance(event, HTTPRequest) and event.method == "HEAD"
@@ -364,7 +367,7 @@ def test_head_request_gets_no_body() -> None:
 
 
 def test_a_content_length_from_the_runtime_is_not_repeated() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(b"HEAD /x HTTP/1.1\r\nHost: h\r\n\r\n", now=T0, wall=WALL)
     conn.next_event()
     conn.send_response(200, [("Content-Length", "42")], b"")
@@ -374,7 +377,7 @@ def test_a_content_length_from_the_runtime_is_not_repeated() -> None:
 
 
 def test_refused_head_upgrade_gets_no_body() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(request(method="HEAD"), now=T0, wall=WALL)
     data = conn.data_to_send()
     assert http_status(data) == 405
@@ -383,7 +386,7 @@ def test_refused_head_upgrade_gets_no_body() -> None:
 
 
 def test_head_refused_for_its_headers_gets_no_body() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     headers = "".join(f"X-H{i}: v\r\n" for i in range(130))
     conn.receive_data(f"HEAD / HTTP/1.1\r\nHost: h\r\n{headers}\r\n".encode(), now=T0, wall=WALL)
     data = conn.data_to_send()
@@ -402,23 +405,23 @@ def test_head_refused_for_its_headers_gets_no_body() -> None:
 def test_bare_lf_line_endings_are_accepted(data: bytes) -> None:
     """h11 accepts lines ending in a bare LF (RFC 9112 §2.2 allows it); the
     head-size bound must find the end of such a head too."""
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(data, now=T0, wall=WALL)
     assert conn.state is ConnectionState.HTTP_RESPONSE
     assert isinstance(conn.next_event(), HTTPRequest)
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(HANDSHAKE.replace(b"\r\n", b"\n"), now=T0, wall=WALL)
     assert conn.state is ConnectionState.OPEN
 
 
 def test_send_response_before_a_request_is_a_local_error() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     with pytest.raises(LocalProtocolError):
         conn.send_response(200, [], b"")
 
 
 def test_peer_gone_before_the_response() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", now=T0, wall=WALL)
     conn.receive_data(b"", now=T0, wall=WALL)
     assert conn.closed
@@ -442,7 +445,7 @@ def test_peer_gone_before_the_response() -> None:
     ],
 )
 def test_refused_upgrades(data: bytes, status: int, needle: bytes) -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(data, now=T0, wall=WALL)
     out = conn.data_to_send()
     assert http_status(out) == status
@@ -455,7 +458,7 @@ def test_refused_upgrades(data: bytes, status: int, needle: bytes) -> None:
 
 
 def test_head_over_16k_is_431() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: ", now=T0, wall=WALL)
     assert conn.state is ConnectionState.HANDSHAKE
     conn.receive_data(b"a" * 17_000, now=T0, wall=WALL)
@@ -466,7 +469,7 @@ def test_head_over_16k_is_431() -> None:
 
 @pytest.mark.parametrize("method", [b"GET", b"HEAD"])
 def test_whole_head_over_16k_is_431(method: bytes) -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     data = method + b" / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 17_000 + b"\r\n\r\n"
     conn.receive_data(data, now=T0, wall=WALL)
     out = conn.data_to_send()
@@ -476,7 +479,7 @@ def test_whole_head_over_16k_is_431(method: bytes) -> None:
 
 
 def test_head_just_under_16k_is_fine() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     pad = 16_384 - len(HANDSHAKE) - len("X-Pad: \r\n") - 64
     data = HANDSHAKE[:-2] + b"X-Pad: " + b"a" * pad + b"\r\n\r\n"
     conn.receive_data(data, now=T0, wall=WALL)
@@ -485,18 +488,18 @@ def test_head_just_under_16k_is_fine() -> None:
 
 def test_more_than_128_headers_is_431() -> None:
     headers = [(f"X-H{i}", "v") for i in range(130)]
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(request(headers=headers), now=T0, wall=WALL)
     out = conn.data_to_send()
     assert http_status(out) == 431
     assert b"more than 128 header fields" in out
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(request(headers=headers[:120]), now=T0, wall=WALL)
     assert conn.state is ConnectionState.OPEN
 
 
 def test_open_timeout_closes_a_trickled_handshake() -> None:
-    conn = Connection(Hub(Limits(open_timeout=10)), now=T0)
+    conn = Connection(Hub(Limits(open_timeout=10), authenticator=OPEN), now=T0)
     assert conn.next_deadline() == T0 + 10
     for i in range(20):
         conn.receive_data(HANDSHAKE[i : i + 1], now=T0 + i * 0.5, wall=WALL)
@@ -511,7 +514,7 @@ def test_open_timeout_closes_a_trickled_handshake() -> None:
 
 
 def test_eof_during_handshake() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.receive_data(HANDSHAKE[:10], now=T0, wall=WALL)
     conn.receive_data(b"", now=T0, wall=WALL)
     assert conn.closed
@@ -523,7 +526,7 @@ def test_eof_during_handshake() -> None:
 
 
 def test_keepalive_ping_pong_and_timeout() -> None:
-    pair = Pair(Hub(Limits(ping_interval=30, ping_timeout=5)))
+    pair = Pair(Hub(Limits(ping_interval=30, ping_timeout=5), authenticator=OPEN))
     pair.open()
     assert pair.conn.next_deadline() == T0 + 30
     assert pair.tick(T0 + 29.9) == []
@@ -551,7 +554,7 @@ def test_keepalive_ping_pong_and_timeout() -> None:
 
 
 def test_keepalive_disabled() -> None:
-    pair = Pair(Hub(Limits(ping_interval=0)))
+    pair = Pair(Hub(Limits(ping_interval=0), authenticator=OPEN))
     pair.open()
     assert pair.conn.next_deadline() is None
     assert pair.tick(T0 + 10_000) == []
@@ -602,7 +605,7 @@ def test_server_close_1001_waits_for_the_echo() -> None:
 
 
 def test_server_close_without_an_echo_times_out() -> None:
-    pair = Pair(Hub(Limits(ping_timeout=5)))
+    pair = Pair(Hub(Limits(ping_timeout=5), authenticator=OPEN))
     pair.open()
     pair.conn.close(now=T0)
     pair.conn.data_to_send()
@@ -612,7 +615,7 @@ def test_server_close_without_an_echo_times_out() -> None:
 
 
 def test_close_before_the_handshake_just_closes() -> None:
-    conn = Connection(Hub(), now=T0)
+    conn = Connection(Hub(authenticator=OPEN), now=T0)
     conn.close()
     assert conn.closed
     assert conn.data_to_send() == b""
@@ -629,7 +632,7 @@ def test_eof_without_a_close_frame() -> None:
 
 
 def test_abort_releases_the_client() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     pair = Pair(hub)
     pair.open()
     pair.send({"type": "subscribe", "sessionId": "*"})
@@ -640,7 +643,7 @@ def test_abort_releases_the_client() -> None:
 
 
 def test_client_close_request_becomes_a_close_frame() -> None:
-    hub = Hub(Limits(rate_limit=1, rate_burst=1, abuse_limit=2))
+    hub = Hub(Limits(rate_limit=1, rate_burst=1, abuse_limit=2), authenticator=OPEN)
     pair = Pair(hub)
     pair.open()
     events: list[Event] = []
@@ -652,7 +655,7 @@ def test_client_close_request_becomes_a_close_frame() -> None:
 
 
 def test_slow_consumer_disconnect_through_the_connection() -> None:
-    hub = Hub(Limits(connection_buffer=200, slow_consumer="disconnect"))
+    hub = Hub(Limits(connection_buffer=200, slow_consumer="disconnect"), authenticator=OPEN)
     pair = Pair(hub)
     pair.open()
     pair.send({"type": "subscribe", "sessionId": "*"})
@@ -717,7 +720,7 @@ def test_protocol_errors_close(frame: bytes, code: int) -> None:
 
 
 def test_message_too_big_1009_with_an_error() -> None:
-    pair = _opened(Hub(Limits(max_message_size=1000)))
+    pair = _opened(Hub(Limits(max_message_size=1000), authenticator=OPEN))
     events = pair.to_server(raw_frame(0x1, b"", length=1001)[:8])
     assert close_of(events).code == 1009
     [error] = pair.messages(events)
@@ -726,7 +729,7 @@ def test_message_too_big_1009_with_an_error() -> None:
 
 
 def test_fragments_adding_up_past_the_limit_1009() -> None:
-    pair = _opened(Hub(Limits(max_message_size=1000)))
+    pair = _opened(Hub(Limits(max_message_size=1000), authenticator=OPEN))
     events = pair.to_server(raw_frame(0x1, b"x" * 400, fin=False))
     events += pair.to_server(raw_frame(0x0, b"x" * 400, fin=False))
     assert pair.conn.state is ConnectionState.OPEN
@@ -741,7 +744,7 @@ def test_fragments_up_to_the_limit_are_fine_even_trickled() -> None:
     """A fragmented message exactly at the limit, fed one byte at a time:
     every frame header is seen several times while its mask key trickles in,
     and must still be counted once."""
-    pair = _opened(Hub(Limits(max_message_size=1000)))
+    pair = _opened(Hub(Limits(max_message_size=1000), authenticator=OPEN))
     text = '{"type":"ping","pad":"' + "x" * (1000 - 24) + '"}'
     assert len(text) == 1000
     data = raw_frame(0x1, text[:300].encode(), fin=False)
@@ -774,7 +777,7 @@ def test_binary_frame_is_an_invalid_message() -> None:
 
 
 def test_live_entries_reach_the_client_as_text_frames() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     pair = _opened(hub)
     pair.send({"type": "subscribe", "sessionId": "*"})
     for i in range(3):
@@ -786,7 +789,7 @@ def test_live_entries_reach_the_client_as_text_frames() -> None:
 
 
 def test_large_entry_uses_the_64_bit_length() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     pair = _opened(hub)
     pair.send({"type": "subscribe", "sessionId": "*"})
     hub.publish_log("s", level="info", message="y" * 70_000, timestamp="t", now=T0)
@@ -859,7 +862,9 @@ _END_STATES = {
 
 
 def _drive(data: bytes, chunk: int) -> None:
-    hub = Hub(Limits(max_message_size=4096, ping_interval=1.0, ping_timeout=1.0))
+    hub = Hub(
+        Limits(max_message_size=4096, ping_interval=1.0, ping_timeout=1.0), authenticator=OPEN
+    )
     conn = Connection(hub, now=T0)
     now = T0
     closed_events = 0

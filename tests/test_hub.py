@@ -36,6 +36,9 @@ from pcclog_core import (
     parse_static_tokens,
 )
 
+# An open hub: these tests are not about authentication.
+OPEN = Authenticator(disabled=True)
+
 T0 = 1000.0
 WALL = 1_700_000_000.0
 STAMP = format_wall(WALL)
@@ -143,7 +146,7 @@ def auth_hub(tokens: str, **limits: Any) -> Hub:
 
 @pytest.mark.parametrize("framed", [False, True])
 def test_subscribe_snapshot_then_replay_then_live(framed: bool) -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     producer = Peer(hub)
     producer.status("s", "running", metadata={"image": "img"})
     producer.log("s", "one")
@@ -190,7 +193,7 @@ def test_subscribe_snapshot_then_replay_then_live(framed: bool) -> None:
 
 
 def test_framed_and_plain_viewers_get_the_same_payloads_and_shared_frames() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     plain, framed, framed2 = Peer(hub), Peer(hub, framed=True), Peer(hub, framed=True)
     for peer in (plain, framed, framed2):
         peer.subscribe("s")
@@ -202,7 +205,7 @@ def test_framed_and_plain_viewers_get_the_same_payloads_and_shared_frames() -> N
 
 
 def test_empty_message_is_kept_in_the_entry() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     viewer = Peer(hub)
     Peer(hub).log("s", "")
     viewer.subscribe("s")
@@ -212,7 +215,7 @@ def test_empty_message_is_kept_in_the_entry() -> None:
 
 
 def test_subscribe_default_tail() -> None:
-    hub = Hub(Limits(subscribe_tail=3))
+    hub = Hub(Limits(subscribe_tail=3), authenticator=OPEN)
     publish(hub, "s", 10)
     viewer = Peer(hub)
     viewer.subscribe("s")
@@ -223,7 +226,7 @@ def test_subscribe_default_tail() -> None:
 
 @pytest.mark.parametrize(("tail", "expected"), [(0, []), (1, [10]), (4, [7, 8, 9, 10])])
 def test_subscribe_tail(tail: int, expected: list[int]) -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     publish(hub, "s", 10)
     viewer = Peer(hub)
     viewer.subscribe("s", tail=tail)
@@ -235,7 +238,7 @@ def test_subscribe_tail(tail: int, expected: list[int]) -> None:
 
 
 def test_subscribe_tail_larger_than_history() -> None:
-    hub = Hub(Limits(history_lines=5))
+    hub = Hub(Limits(history_lines=5), authenticator=OPEN)
     publish(hub, "s", 10)
     viewer = Peer(hub)
     viewer.subscribe("s", tail=100)
@@ -250,7 +253,7 @@ def test_subscribe_tail_larger_than_history() -> None:
     [(0, list(range(1, 11))), (7, [8, 9, 10]), (10, []), (25, [])],
 )
 def test_subscribe_since(since: int, expected: list[int]) -> None:
-    hub = Hub(Limits(subscribe_tail=2))
+    hub = Hub(Limits(subscribe_tail=2), authenticator=OPEN)
     publish(hub, "s", 10)
     viewer = Peer(hub)
     viewer.subscribe("s", since=since)
@@ -263,7 +266,7 @@ def test_subscribe_since(since: int, expected: list[int]) -> None:
 
 
 def test_since_older_than_history_sends_an_evicted_gap() -> None:
-    hub = Hub(Limits(history_lines=4))
+    hub = Hub(Limits(history_lines=4), authenticator=OPEN)
     publish(hub, "s", 10)
     viewer = Peer(hub)
     viewer.subscribe("s", since=2)
@@ -281,7 +284,7 @@ def test_since_older_than_history_sends_an_evicted_gap() -> None:
 
 
 def test_since_exactly_at_history_start_needs_no_gap() -> None:
-    hub = Hub(Limits(history_lines=4))
+    hub = Hub(Limits(history_lines=4), authenticator=OPEN)
     publish(hub, "s", 10)
     viewer = Peer(hub)
     viewer.subscribe("s", since=6)
@@ -291,7 +294,7 @@ def test_since_exactly_at_history_start_needs_no_gap() -> None:
 
 
 def test_resubscribe_resumes_without_duplicates() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     publish(hub, "s", 3)
     viewer = Peer(hub)
     viewer.subscribe("s")
@@ -305,7 +308,7 @@ def test_resubscribe_resumes_without_duplicates() -> None:
 
 
 def test_status_metadata_merges_and_snapshot_is_current() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     producer = Peer(hub)
     producer.status("s", "running", metadata={"a": 1, "b": 2})
     producer.status("s", "stopped", metadata={"b": 3, "exitCode": 0})
@@ -323,7 +326,7 @@ def test_status_metadata_merges_and_snapshot_is_current() -> None:
 
 
 def test_seq_is_per_session() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     assert publish(hub, "a", 3) == [1, 2, 3]
     assert publish(hub, "b", 2) == [1, 2]
     assert hub.publish_status("a", status="running", now=T0) == 4
@@ -333,7 +336,7 @@ def test_seq_is_per_session() -> None:
 
 
 def test_wildcard_gets_existing_and_later_sessions() -> None:
-    hub = Hub(Limits(subscribe_tail=1))
+    hub = Hub(Limits(subscribe_tail=1), authenticator=OPEN)
     publish(hub, "a", 2)
     viewer = Peer(hub)
     viewer.subscribe("*")
@@ -353,7 +356,7 @@ def test_wildcard_gets_existing_and_later_sessions() -> None:
 
 
 def test_wildcard_with_since() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     publish(hub, "a", 5)
     publish(hub, "b", 2)
     viewer = Peer(hub)
@@ -384,7 +387,7 @@ def test_wildcard_limited_by_the_token_globs() -> None:
 
 
 def test_unsubscribe_wildcard_keeps_explicit_subscriptions() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     viewer = Peer(hub)
     publish(hub, "a", 1)
     publish(hub, "b", 1)
@@ -399,7 +402,7 @@ def test_unsubscribe_wildcard_keeps_explicit_subscriptions() -> None:
 
 
 def test_unsubscribe_one_session_while_on_wildcard_keeps_it() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     viewer = Peer(hub)
     publish(hub, "a", 1)
     viewer.subscribe("*")
@@ -414,7 +417,7 @@ def test_unsubscribe_one_session_while_on_wildcard_keeps_it() -> None:
 
 
 def test_unsubscribe_stops_delivery() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     publish(hub, "s", 1)
     viewer = Peer(hub)
     viewer.subscribe("s")
@@ -429,7 +432,7 @@ def test_unsubscribe_stops_delivery() -> None:
 
 
 def test_session_not_found_keeps_a_pending_subscription() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     viewer = Peer(hub)
     viewer.subscribe("later")
     [error] = viewer.received()
@@ -444,7 +447,7 @@ def test_session_not_found_keeps_a_pending_subscription() -> None:
 
 
 def test_unsubscribe_cancels_a_pending_subscription() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     viewer = Peer(hub)
     viewer.subscribe("later")
     viewer.received()
@@ -455,7 +458,7 @@ def test_unsubscribe_cancels_a_pending_subscription() -> None:
 
 
 def test_disconnect_cancels_a_pending_subscription() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     viewer = Peer(hub)
     viewer.subscribe("later")
     viewer.client.disconnect()
@@ -469,7 +472,7 @@ def test_disconnect_cancels_a_pending_subscription() -> None:
 
 
 def test_max_subscriptions() -> None:
-    hub = Hub(Limits(max_subscriptions=2))
+    hub = Hub(Limits(max_subscriptions=2), authenticator=OPEN)
     viewer = Peer(hub)
     viewer.subscribe("a")
     viewer.subscribe("b")
@@ -494,7 +497,7 @@ def test_max_subscriptions() -> None:
 
 
 def test_max_sessions_evicts_the_oldest_ended_session() -> None:
-    hub = Hub(Limits(max_sessions=3))
+    hub = Hub(Limits(max_sessions=3), authenticator=OPEN)
     producer = Peer(hub)
     producer.log("a")
     producer.log("b")
@@ -509,7 +512,7 @@ def test_max_sessions_evicts_the_oldest_ended_session() -> None:
 
 
 def test_max_sessions_refuses_when_all_are_running() -> None:
-    hub = Hub(Limits(max_sessions=2))
+    hub = Hub(Limits(max_sessions=2), authenticator=OPEN)
     producer = Peer(hub)
     viewer = Peer(hub)
     viewer.subscribe("c")
@@ -529,7 +532,7 @@ def test_max_sessions_refuses_when_all_are_running() -> None:
 
 
 def test_session_timeout_evicts_ended_sessions() -> None:
-    hub = Hub(Limits(session_timeout=300))
+    hub = Hub(Limits(session_timeout=300), authenticator=OPEN)
     publish(hub, "a", 1)
     publish(hub, "b", 1)
     assert hub.next_deadline() is None
@@ -547,7 +550,7 @@ def test_session_timeout_evicts_ended_sessions() -> None:
 
 
 def test_running_status_revives_an_ended_session() -> None:
-    hub = Hub(Limits(session_timeout=300))
+    hub = Hub(Limits(session_timeout=300), authenticator=OPEN)
     hub.publish_status("a", status="stopped", now=T0)
     hub.publish_status("a", status="running", now=T0 + 100)
     assert hub.next_deadline() is None
@@ -560,7 +563,7 @@ def test_running_status_revives_an_ended_session() -> None:
 
 
 def test_evicted_session_returns_to_its_explicit_subscribers() -> None:
-    hub = Hub(Limits(session_timeout=5))
+    hub = Hub(Limits(session_timeout=5), authenticator=OPEN)
     viewer = Peer(hub)
     publish(hub, "s", 2)
     viewer.subscribe("s")
@@ -599,7 +602,7 @@ def test_list_sessions_filtered_by_grant() -> None:
 
 
 def test_ping_pong() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     viewer = Peer(hub)
     viewer.send({"type": "ping"})
     assert viewer.received() == [{"type": "pong"}]
@@ -609,7 +612,7 @@ def test_ping_pong() -> None:
 
 
 def test_invalid_message_gets_an_error_and_the_client_goes_on() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     viewer = Peer(hub)
     viewer.send("{not json")
     viewer.send({"type": "subscribe", "sessionId": 7})
@@ -623,7 +626,7 @@ def test_invalid_message_gets_an_error_and_the_client_goes_on() -> None:
 
 
 def test_message_too_large() -> None:
-    hub = Hub(Limits(max_message_size=100))
+    hub = Hub(Limits(max_message_size=100), authenticator=OPEN)
     viewer = Peer(hub)
     viewer.send({"type": "log", "sessionId": "s", "message": "x" * 200})
     [error] = viewer.received()
@@ -637,7 +640,7 @@ def test_message_too_large() -> None:
 
 @pytest.mark.parametrize("framed", [False, True])
 def test_drop_policy_sends_exact_gaps(framed: bool) -> None:
-    hub = Hub(Limits(connection_buffer=500))
+    hub = Hub(Limits(connection_buffer=500), authenticator=OPEN)
     viewer = Peer(hub, framed=framed)
     viewer.subscribe("s")
     viewer.received()
@@ -662,7 +665,7 @@ def test_drop_policy_sends_exact_gaps(framed: bool) -> None:
 
 
 def test_gap_is_sent_before_the_next_entry_of_its_session() -> None:
-    hub = Hub(Limits(connection_buffer=300))
+    hub = Hub(Limits(connection_buffer=300), authenticator=OPEN)
     viewer = Peer(hub)
     viewer.subscribe("a")
     viewer.subscribe("b")
@@ -701,7 +704,7 @@ def test_gap_is_sent_before_the_next_entry_of_its_session() -> None:
 
 
 def test_status_entries_are_never_dropped() -> None:
-    hub = Hub(Limits(connection_buffer=200))
+    hub = Hub(Limits(connection_buffer=200), authenticator=OPEN)
     viewer = Peer(hub)
     viewer.subscribe("s")
     viewer.received()
@@ -723,7 +726,7 @@ def test_status_entries_are_never_dropped() -> None:
 
 
 def test_private_replies_are_never_dropped() -> None:
-    hub = Hub(Limits(connection_buffer=100))
+    hub = Hub(Limits(connection_buffer=100), authenticator=OPEN)
     viewer = Peer(hub)
     viewer.subscribe("s")
     publish(hub, "s", 10, size=50)
@@ -735,7 +738,7 @@ def test_private_replies_are_never_dropped() -> None:
 
 
 def test_replay_is_paged_through_the_budget() -> None:
-    hub = Hub(Limits(connection_buffer=1000))
+    hub = Hub(Limits(connection_buffer=1000), authenticator=OPEN)
     publish(hub, "s", 100, size=50)
     frame = len(hub.sessions["s"].frames[0])
     viewer = Peer(hub, framed=True)
@@ -765,7 +768,7 @@ def test_replay_is_paged_through_the_budget() -> None:
 
 
 def test_subscribing_again_while_over_budget_is_refused() -> None:
-    hub = Hub(Limits(connection_buffer=1000))
+    hub = Hub(Limits(connection_buffer=1000), authenticator=OPEN)
     publish(hub, "s", 100, size=50)
     viewer = Peer(hub)
     viewer.subscribe("s", since=0)
@@ -776,7 +779,7 @@ def test_subscribing_again_while_over_budget_is_refused() -> None:
 
 
 def test_replay_overtaken_by_history_eviction_sends_an_evicted_gap() -> None:
-    hub = Hub(Limits(connection_buffer=600, history_lines=20))
+    hub = Hub(Limits(connection_buffer=600, history_lines=20), authenticator=OPEN)
     publish(hub, "s", 20, size=50)
     viewer = Peer(hub, framed=True)
     viewer.subscribe("s", since=0)
@@ -794,7 +797,7 @@ def test_replay_overtaken_by_history_eviction_sends_an_evicted_gap() -> None:
 
 
 def test_disconnect_policy_closes_1013() -> None:
-    hub = Hub(Limits(connection_buffer=300, slow_consumer="disconnect"))
+    hub = Hub(Limits(connection_buffer=300, slow_consumer="disconnect"), authenticator=OPEN)
     slow = Peer(hub)
     fast = Peer(hub)
     for peer in (slow, fast):
@@ -817,7 +820,7 @@ def test_disconnect_policy_closes_1013() -> None:
 
 
 def test_pool_over_budget_pauses_producers_only() -> None:
-    hub = Hub(Limits(memory_budget=3000, connection_buffer=100_000))
+    hub = Hub(Limits(memory_budget=3000, connection_buffer=100_000), authenticator=OPEN)
     producer = Peer(hub)
     idle_viewer = Peer(hub)
     viewers = [Peer(hub, framed=True) for _ in range(3)]
@@ -844,24 +847,24 @@ def test_pool_over_budget_pauses_producers_only() -> None:
 
 
 def test_history_bounded_by_bytes_and_lines() -> None:
-    hub = Hub(Limits(history_bytes=2000, history_lines=1000))
+    hub = Hub(Limits(history_bytes=2000, history_lines=1000), authenticator=OPEN)
     publish(hub, "s", 100, size=100)
     session = hub.sessions["s"]
     assert session.history_bytes == sum(map(len, session.frames)) <= 2000
     assert hub.history_bytes == session.history_bytes
     assert session.first_seq > 1 and session.seq == 100
-    hub2 = Hub(Limits(history_lines=5))
+    hub2 = Hub(Limits(history_lines=5), authenticator=OPEN)
     publish(hub2, "s", 10)
     assert len(hub2.sessions["s"].frames) == 5
     assert hub2.history_bytes == sum(map(len, hub2.sessions["s"].frames))
     # One entry bigger than the bound is still kept: the newest always is.
-    hub3 = Hub(Limits(history_bytes=100))
+    hub3 = Hub(Limits(history_bytes=100), authenticator=OPEN)
     publish(hub3, "s", 3, size=500)
     assert len(hub3.sessions["s"].frames) == 1
 
 
 def test_memory_budget_sheds_the_largest_history_first() -> None:
-    hub = Hub(Limits(memory_budget=20_000))
+    hub = Hub(Limits(memory_budget=20_000), authenticator=OPEN)
     publish(hub, "small", 10, size=50)  # about 1 KiB: a failed build's lines
     publish(hub, "flood", 1000, size=100)
     assert hub.history_bytes <= 20_000
@@ -875,7 +878,7 @@ def test_memory_budget_sheds_the_largest_history_first() -> None:
 
 
 def test_a_long_message_is_cut_on_its_escaped_size() -> None:
-    hub = Hub(Limits(max_line_bytes=1000))
+    hub = Hub(Limits(max_line_bytes=1000), authenticator=OPEN)
     hub.publish_log("s", level="info", message="\x01" * 5000, timestamp=STAMP, now=T0)
     hub.publish_log("s", level="info", message="short", timestamp=STAMP, now=T0)
     viewer = Peer(hub)
@@ -903,7 +906,7 @@ def test_a_message_cut_upstream_keeps_one_marker_with_the_counts_added() -> None
 
 
 def test_take_ready_lists_each_client_once() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     a, b = Peer(hub), Peer(hub)
     publish(hub, "s", 1)
     a.subscribe("s")
@@ -929,7 +932,7 @@ def test_take_ready_lists_each_client_once() -> None:
 
 
 def test_rate_limited_then_refilled() -> None:
-    hub = Hub(Limits(rate_limit=2, rate_burst=3))
+    hub = Hub(Limits(rate_limit=2, rate_burst=3), authenticator=OPEN)
     viewer = Peer(hub)
     for _ in range(4):
         viewer.send({"type": "ping"}, now=T0)
@@ -945,7 +948,9 @@ def test_rate_limited_then_refilled() -> None:
 
 
 def test_repeated_abuse_closes_1008() -> None:
-    hub = Hub(Limits(rate_limit=1, rate_burst=1, abuse_limit=3, abuse_window=10))
+    hub = Hub(
+        Limits(rate_limit=1, rate_burst=1, abuse_limit=3, abuse_window=10), authenticator=OPEN
+    )
     viewer = Peer(hub)
     for _ in range(4):
         viewer.send({"type": "ping"}, now=T0)
@@ -961,7 +966,7 @@ def test_repeated_abuse_closes_1008() -> None:
 
 
 def test_abuse_window_resets() -> None:
-    hub = Hub(Limits(abuse_limit=2, abuse_window=10))
+    hub = Hub(Limits(abuse_limit=2, abuse_window=10), authenticator=OPEN)
     viewer = Peer(hub)
     for step in range(10):
         viewer.send("nope", now=T0 + step * 6)
@@ -970,7 +975,7 @@ def test_abuse_window_resets() -> None:
 
 
 def test_producer_entries_are_not_rate_limited() -> None:
-    hub = Hub(Limits(rate_limit=1, rate_burst=1, abuse_limit=1))
+    hub = Hub(Limits(rate_limit=1, rate_burst=1, abuse_limit=1), authenticator=OPEN)
     producer = Peer(hub, default_session="c")
     for i in range(20):
         producer.log("s", f"m{i}")
@@ -1098,7 +1103,7 @@ def test_authenticating_clears_the_auth_deadline() -> None:
 
 
 def test_no_deadline_when_auth_is_disabled() -> None:
-    viewer = Peer(Hub())
+    viewer = Peer(Hub(authenticator=OPEN))
     assert viewer.client.grant is not None
     assert viewer.client.next_deadline() is None
 
@@ -1161,7 +1166,7 @@ def test_grant_given_by_the_runtime() -> None:
 
 
 def test_log_timestamp_stamped_or_normalized() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     viewer = Peer(hub)
     viewer.subscribe("*")
     producer = Peer(hub)
@@ -1182,7 +1187,7 @@ def test_log_timestamp_stamped_or_normalized() -> None:
 
 
 def test_log_data_null_is_absent() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     viewer = Peer(hub)
     viewer.subscribe("*")
     Peer(hub).log("s", data=None)
@@ -1303,7 +1308,7 @@ def test_wrapper_complete(exit_code: int, status: str) -> None:
 
 
 def test_wrapper_complete_ends_the_session() -> None:
-    hub = Hub(Limits(session_timeout=60))
+    hub = Hub(Limits(session_timeout=60), authenticator=OPEN)
     producer = Peer(hub, default_session="c1")
     producer.send({"type": "COMPLETE", "data": {"exitCode": 0}}, now=T0)
     assert hub.next_deadline() == T0 + 60
@@ -1711,7 +1716,7 @@ TestHubMachine = HubMachine.TestCase
 
 
 def test_resent_producer_entries_are_applied_once() -> None:
-    hub = Hub(Limits())
+    hub = Hub(Limits(), authenticator=OPEN)
     producer = Peer(hub)
     viewer = Peer(hub)
     for pseq in (1, 2, 3, 2, 3, 1, 4):  # a reconnect resends 2 and 3, a stale 1
@@ -1744,7 +1749,7 @@ def test_resent_producer_entries_are_applied_once() -> None:
 
 
 def test_batched_fan_out_joins_entries_and_keeps_order() -> None:
-    hub = Hub(Limits())
+    hub = Hub(Limits(), authenticator=OPEN)
     producer = Peer(hub)
     early = Peer(hub, framed=True)
     producer.status("s", "running")

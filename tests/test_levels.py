@@ -7,8 +7,19 @@ import json
 
 import pytest
 
-from pcclog_core import LEVEL_RANK, LEVELS, Hub, format_wall, leading_level, normalize_level
+from pcclog_core import (
+    LEVEL_RANK,
+    LEVELS,
+    Authenticator,
+    Hub,
+    format_wall,
+    leading_level,
+    normalize_level,
+)
 from pcclog_core._levels import level_of, levels_json
+
+# An open hub: these tests are not about authentication.
+OPEN = Authenticator(disabled=True)
 
 
 def test_order() -> None:
@@ -86,7 +97,7 @@ def test_levels_json_is_the_table() -> None:
 
 
 def test_producer_levels_are_normalised_through_the_table() -> None:
-    hub = Hub()
+    hub = Hub(authenticator=OPEN)
     stamp = format_wall(1_700_000_000.0)
     for level in ("WARNING", "emerg", "bogus", "info"):
         hub.publish_log("s", level=level, message="m", timestamp=stamp, now=0.0)

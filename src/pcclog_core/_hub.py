@@ -91,7 +91,9 @@ class Hub:
         self, limits: Limits | None = None, authenticator: Authenticator | None = None
     ) -> None:
         self.limits = limits = limits or Limits()
-        self.authenticator = authenticator or Authenticator(disabled=True)
+        # No authenticator is not an open hub: it is one nobody can enter.
+        # An open one says so: ``Authenticator(disabled=True)``.
+        self.authenticator = authenticator or Authenticator()
         self.sessions: dict[str, Session] = {}
         self.counters = Counters()
         self.pool = Pool(limits.memory_budget)
