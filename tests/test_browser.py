@@ -497,6 +497,102 @@ def test_resumes_without_loss_or_duplicates_after_a_dropped_connection(
     assert page.evaluate("window.pcclog.state()")["lastSeq"]["agent-steady"] == 5
 
 
+def test_the_level_table_is_the_one_the_server_serves(
+    page: Page, start_server: Callable[..., ServerProcess], producers: Callable[..., Producer]
+) -> None:
+    """The viewer keeps no level table of its own: it fetches the core's from
+    GET /levels.json, and its level filter follows whatever it is served."""
+    from playwright.sync_api import Route, expect
+
+    server = start_server()
+    status, body = server.get("/levels.json")
+    assert status == 200
+    served = json.loads(body)
+    producer = producers(server)
+    producer.entries("agent-levels", [("warning", "disk low"), ("emerg", "disk gone")])
+    producer.entries("agent-levels", [("debug", "probe"), ("error", "write failed")])
+
+    sign_in(page, server)
+    expect_connected(page)
+    the_pane = open_pane(page, "agent-levels")
+    expect(rows(page, "agent-levels")).to_have_count(4)
+    options = the_pane.get_by_test_id("level-filter").locator("option")
+    assert options.evaluate_all("els => els.map(e => e.value)") == served["levels"]
+    expect(options.first).to_have_text("all levels")
+    levels = [r["level"] for r in row_data(page, "agent-levels")]
+    assert levels == ["warn", "fatal", "debug", "error"]
+    assert page.evaluate("window.pcclog.state()")["levels"] == served["levels"]
+    expect(item(page, "agent-levels")).to_contain_text("2 errors")
+
+    # Another table, served instead: the filter's choices and ranks follow it.
+    table = {"levels": ["debug", "info", "notice", "error", "fatal"], "aliases": {}}
+
+    def other_table(route: Route) -> None:
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(table))
+
+    page.route("**/levels.json", other_table)
+    page.reload()
+    expect_connected(page)
+    the_pane = open_pane(page, "agent-levels")
+    expect(rows(page, "agent-levels")).to_have_count(4)
+    options = the_pane.get_by_test_id("level-filter").locator("option")
+    expect(options).to_have_text(["all levels", "info+", "notice+", "error+", "fatal+"])
+    # "warn" is not in this table: the viewer shows it as the default, info.
+    assert [r["level"] for r in row_data(page, "agent-levels")] == [
+        "info",
+        "fatal",
+        "debug",
+        "error",
+    ]
+    the_pane.get_by_test_id("level-filter").select_option("notice")
+    expect(rows(page, "agent-levels")).to_have_count(2)
+
+
+def test_connects_only_once_the_level_table_has_loaded(
+    browser: Browser, start_server: Callable[..., ServerProcess], producers: Callable[..., Producer]
+) -> None:
+    """No level table, no connection: while GET /levels.json fails the page
+    says so (reconnecting, with the reason) and retries; then it connects."""
+    from playwright.sync_api import Route, expect
+
+    server = start_server()
+    producers(server).logs("agent-late", "waited for the table")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    fail = True
+    asked: list[bool] = []
+
+    def gate(route: Route) -> None:
+        asked.append(fail)
+        if fail:
+            route.fulfill(status=503, content_type="text/plain", body="not ready\n")
+        else:
+            route.fallback()
+
+    try:
+        page.route("**/levels.json", gate)
+        sign_in(page, server)
+        expect(page.get_by_test_id("conn-state")).to_have_text("reconnecting")
+        expect(page.get_by_test_id("conn-detail")).to_contain_text(
+            "cannot load the level table (/levels.json): HTTP 503"
+        )
+        expect(page.get_by_test_id("retry-now")).to_be_visible()
+        state = page.evaluate("window.pcclog.state()")
+        assert state["levels"] is None and state["sessions"] == 0
+
+        fail = False
+        expect_connected(page, timeout=20_000)
+        expect(item(page, "agent-late")).to_have_count(1)
+        assert asked[0] is True and asked[-1] is False
+        assert asked.count(False) == 1, "the table is fetched once it has loaded"
+    finally:
+        context.close()
+    assert not problems, problems
+
+
 def test_wrong_token_returns_to_sign_in(
     page: Page, start_server: Callable[..., ServerProcess]
 ) -> None:
