@@ -49,6 +49,7 @@ const SKEW_WINDOW_MS = 30000;
 const GAP_LOOKBACK = 2000;              // entries searched for the synthetic gap a notice names
 const ATTEMPT_MAX = 30;
 
+/** A session as the page knows it; `item` is the page's list entry (render.js). */
 export function newSession(id) {
   return {
     id, status: 'unknown', metadata: {}, lastSeq: 0, serverLastSeq: 0, entries: [],
