@@ -116,13 +116,13 @@ class Client(Delivery):
         while the outbox is over its budget, or while the hub's pool is over
         ``MEMORY_BUDGET`` and this client produces entries."""
         box = self.outbox
-        return box.held < box.limit and not (self._produced and box.pool.over)
+        return box.held < box.limit and not (self._produced and self.hub.producers_paused)
 
     @property
     def paused_by_pool(self) -> bool:
         """Not read for the hub's sake (not its own backlog): its keepalive
         is suspended meanwhile."""
-        return self._produced and self.outbox.pool.over
+        return self._produced and self.hub.producers_paused
 
     def receive_message(self, text: str | bytes, *, now: float, wall: float) -> None:
         """Handle one complete client message (a text frame's payload)."""

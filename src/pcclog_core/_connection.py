@@ -673,10 +673,14 @@ class Connection:
             self.close_code = 1006
             self.close_reason = reason
         self._transition(_Input.ABORT)
-        self._finish(by_peer=by_peer)
+        self._finish(by_peer=by_peer, keep_output=False)
 
-    def _finish(self, *, by_peer: bool) -> None:
-        """Now CLOSED: release everything the connection held in the hub."""
+    def _finish(self, *, by_peer: bool, keep_output: bool = True) -> None:
+        """Now CLOSED: release everything the connection held in the hub.
+
+        The client's last output (a close echo, the error before a close) is
+        kept for one last write, unless the connection was aborted: then no
+        one will read it, and it is dropped at once."""
         self._h11 = None
         self._parts.clear()
         self._held = b""
@@ -684,11 +688,12 @@ class Connection:
         # wsproto's buffers (a partial message) go now, not with the object.
         self._ws = None
         if self.client is not None:
-            # Pending frames (the close echo) are kept for one last write.
-            pending = self.client.data_to_send()
+            pending = self.client.data_to_send() if keep_output else b""
             self.client.disconnect()
             if pending:
                 self._out.insert(0, pending)
+        if not keep_output:
+            self._out.clear()
         self._report_closed(self.close_code or 1006, self.close_reason, by_peer=by_peer)
 
     def _report_closed(self, code: int, reason: str, *, by_peer: bool) -> None:

@@ -132,8 +132,14 @@ class Hub:
     @property
     def producers_paused(self) -> bool:
         """True while the pool is over ``MEMORY_BUDGET`` even after shedding
-        history: clients that produce, and sources, wait until it drains."""
-        return self.pool.over
+        history: clients that produce, and sources, wait until it drains.
+        Asking sheds: whatever put the pool over (a publish, or viewers'
+        replay pages), history gives way before any producer waits."""
+        pool = self.pool
+        if pool.queued + pool.history > pool.limit:
+            self._shed()
+            return pool.queued + pool.history > pool.limit
+        return False
 
     def next_deadline(self) -> float | None:
         """When ``handle_timeout`` next has work (session eviction)."""

@@ -25,10 +25,10 @@ every connection's core deadline (pings, pong and auth timeouts) from a
 heap, in both drivers, and the hub's own deadline (ended sessions' eviction)
 is on the same loop.
 
-TLS connections use anyio's ``TLSStream`` instead of the raw socket: reads
-are stream receives and each connection has a writer task woken by an
-event. They take the slow path by design; put a proxy in front for many
-``wss://`` viewers (docs/deploy.md).
+The asyncio driver lives in ``_reactor``, the TLS one (anyio's
+``TLSStream``, a writer task per connection) in ``_tls``, the HTTP routes in
+``_http``; this module keeps what they share: accepting, timers, pausing,
+writing and the connection events.
 
 Pausing. Whether a connection is read is the core's decision alone
 (``Connection.wants_read``: its own outbox under ``CONNECTION_BUFFER``,
@@ -52,11 +52,10 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 import anyio.abc
-from anyio.streams.tls import TLSStream
 
 from pcclog_core import (
     CloseCode,
@@ -67,9 +66,11 @@ from pcclog_core import (
     WebSocketAccepted,
 )
 
+from . import _reactor, _tls
 from ._config import Config
 from ._http import HTTPRoutes
 from ._log import Logger
+from ._peer import Peer, clock, format_peer
 
 __all__ = ["Server", "Source"]
 
@@ -86,45 +87,6 @@ class Source(Protocol):
     def ready(self) -> bool: ...
 
     async def run(self, server: Server) -> None: ...
-
-
-class _Peer:
-    """The runtime's side of one connection."""
-
-    __slots__ = (
-        "closer",
-        "conn",
-        "deadline",
-        "id",
-        "peer",
-        "pending",
-        "resume",
-        "scope",
-        "sock",
-        "stream",
-        "wake",
-        "writing",
-    )
-
-    def __init__(self, sock: socket.socket, conn: Connection, peer: str, ident: int) -> None:
-        self.sock = sock
-        self.conn = conn
-        self.peer = peer
-        self.id = ident
-        self.pending: memoryview | None = None
-        self.deadline: float | None = None  # the one on the timer heap
-        self.scope: anyio.CancelScope | None = None
-        self.stream: anyio.abc.ByteStream | None = None  # TLS only
-        self.wake: anyio.Event | None = None  # TLS only
-        self.writing = False
-        # Task drivers only: set when a paused connection may be read again.
-        self.resume: anyio.Event | None = None
-        # asyncio driver only: the call_later that ends the lingering close.
-        self.closer: Any = None
-
-
-def _clock() -> tuple[float, float]:
-    return time.monotonic(), time.time()
 
 
 class Server:
@@ -144,7 +106,7 @@ class Server:
         self.log = logger
         self.sources = list(sources)
         self.ssl_context = ssl_context
-        self.peers: dict[int, _Peer] = {}
+        self.peers: dict[int, Peer] = {}
         self.port = 0
         self.started = time.time()
         self.connections_total = 0
@@ -155,13 +117,13 @@ class Server:
         self.stopping = False  # read by /readyz
         self._stop = anyio.Event()
         # Paused connections, by why: their own backlog, or the hub's pool.
-        self._paused_own: dict[int, _Peer] = {}
-        self._paused_pool: dict[int, _Peer] = {}
+        self._paused_own: dict[int, Peer] = {}
+        self._paused_pool: dict[int, Peer] = {}
         # Set when the pool drains, for sources waiting in ``wait_for_room``.
         self._room: anyio.Event | None = None
         self._allowed_origins = config.allowed_origins
         self._routes = HTTPRoutes(self)
-        self._timers: list[tuple[float, int, _Peer]] = []
+        self._timers: list[tuple[float, int, Peer]] = []
         # Set when the asyncio driver is in use (see "Drivers" above).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer_at = math.inf
@@ -238,7 +200,7 @@ class Server:
         now = time.monotonic()
         for peer in list(self.peers.values()):
             peer.conn.close(CloseCode.GOING_AWAY, "server shutting down", now=now)
-            self._flush(peer)
+            self.flush(peer)
         with anyio.move_on_after(3.0):
             while any(
                 p.pending is not None or p.writing or (p.stream is not None and p.conn.has_output)
@@ -250,9 +212,9 @@ class Server:
                 if not peer.conn.closed:
                     peer.conn.abort("server shutting down")
                 peer.pending = None
-                self._close_reactor_peer(peer)
+                _reactor.close_peer(self, peer)
             else:
-                self._wake_reader(peer)
+                self.wake_reader(peer)
 
     # --- accepting ------------------------------------------------------------
 
@@ -283,22 +245,22 @@ class Server:
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self._loop is not None:
-                    self._open_reactor_peer(sock, _format_peer(address))
+                    _reactor.open_peer(self, sock, format_peer(address))
                 else:
-                    self._tg.start_soon(self._handle, sock, _format_peer(address))
+                    self._tg.start_soon(self._handle, sock, format_peer(address))
 
     # --- one connection ---------------------------------------------------------
 
     async def _handle(self, sock: socket.socket, peer_name: str) -> None:
         self._next_id += 1
         self.connections_total += 1
-        now, _ = _clock()
+        now, _ = clock()
         conn = Connection(self.hub, now=now, allowed_origins=self._allowed_origins)
-        peer = _Peer(sock, conn, peer_name, self._next_id)
+        peer = Peer(sock, conn, peer_name, self._next_id)
         self.peers[peer.id] = peer
         try:
             if self.ssl_context is not None:
-                await self._run_tls(peer)
+                await _tls.run(self, peer)
             else:
                 await self._run_plain(peer)
         except Exception as exc:  # a bug must cost one connection, not the server
@@ -310,7 +272,9 @@ class Server:
             self._paused_pool.pop(peer.id, None)
             if not conn.closed:
                 conn.abort("connection task ended")
-            self._drain_events(peer)
+            self.drain_events(peer)
+            peer.pending = None
+            peer.deadline = None
             if peer.stream is not None:
                 with anyio.CancelScope(shield=True):
                     try:
@@ -324,22 +288,22 @@ class Server:
                     pass
                 sock.close()
 
-    async def _run_plain(self, peer: _Peer) -> None:
+    async def _run_plain(self, peer: Peer) -> None:
         conn = peer.conn
         sock = peer.sock
-        self._schedule(peer)
+        self.schedule(peer)
         with anyio.CancelScope() as scope:
             peer.scope = scope
             while not conn.closed:
                 if not conn.wants_read:
-                    await self._wait_resume(peer)
+                    await self.wait_resume(peer)
                     continue
                 try:
                     await anyio.wait_readable(sock)
                 except (anyio.ClosedResourceError, OSError):
                     conn.abort("socket closed")
                     break
-                self._read_ready(peer)
+                self.read_ready(peer)
         peer.scope = None
         if self.stopping and not conn.closed:
             conn.abort("server shutting down")
@@ -348,16 +312,18 @@ class Server:
             with anyio.move_on_after(1.0):
                 while peer.pending is not None or peer.writing:
                     await anyio.sleep(0.01)
-        await self._linger(sock)
+        await self.linger(sock)
 
     # --- timers: one heap for every connection's deadline ---------------------
 
-    def _schedule(self, peer: _Peer) -> None:
+    def schedule(self, peer: Peer) -> None:
         """Put the core's next deadline for ``peer`` on the heap, if it moved.
 
-        Entries are never removed: a popped entry whose deadline is no longer
-        the peer's current one is stale and skipped. One timer task serves
-        every connection, so an idle connection costs no timer of its own.
+        A popped entry whose deadline is no longer the peer's current one is
+        stale and skipped. One timer task serves every connection, so an idle
+        connection costs no timer of its own. Stale entries would keep closed
+        peers alive until they fall due, so once they outnumber the live
+        ones the heap is rebuilt from the live entries.
         """
         deadline = peer.conn.next_deadline()
         if deadline == peer.deadline:
@@ -365,7 +331,12 @@ class Server:
         peer.deadline = deadline
         if deadline is None:
             return
-        heapq.heappush(self._timers, (deadline, peer.id, peer))
+        timers = self._timers
+        if len(timers) > 2 * len(self.peers) + 64:
+            peers = self.peers
+            timers[:] = [t for t in timers if t[2].deadline == t[0] and t[1] in peers]
+            heapq.heapify(timers)
+        heapq.heappush(timers, (deadline, peer.id, peer))
         if deadline < self._timer_at:
             self._timer_wake.set()
 
@@ -375,7 +346,7 @@ class Server:
         timers = self._timers
         hub = self.hub
         while True:
-            now, wall = _clock()
+            now, wall = clock()
             hub_deadline = hub.next_deadline()
             if hub_deadline is not None and hub_deadline <= now:
                 hub.handle_timeout(now)
@@ -387,12 +358,12 @@ class Server:
                 peer.deadline = None
                 conn = peer.conn
                 conn.handle_timeout(now=now, wall=wall)
-                self._drain_events(peer)
-                self._flush(peer)
+                self.drain_events(peer)
+                self.flush(peer)
                 if conn.closed:
-                    self._wake_reader(peer)
+                    self.wake_reader(peer)
                 else:
-                    self._schedule(peer)
+                    self.schedule(peer)
             self.flush_ready()
             # Timer slack: deadlines due within the next few milliseconds
             # are served by one wake-up, so 10,000 connections' pings cost a
@@ -405,7 +376,7 @@ class Server:
             with anyio.move_on_after(max(_TIMER_SLACK, self._timer_at - time.monotonic())):
                 await self._timer_wake.wait()
 
-    async def _linger(self, sock: socket.socket) -> None:
+    async def linger(self, sock: socket.socket) -> None:
         """Half-close, then read and discard briefly before closing: closing
         with unread input makes the kernel send a reset, which can destroy
         the response or close frame we just wrote (RFC 7230 §6.6)."""
@@ -429,8 +400,8 @@ class Server:
 
     # --- pausing: the core's ``wants_read``, for every driver -----------------
 
-    def _pause(self, peer: _Peer) -> None:
-        """Stop reading ``peer`` until ``_check_resume`` finds it wants input."""
+    def pause(self, peer: Peer) -> None:
+        """Stop reading ``peer`` until ``check_resume`` finds it wants input."""
         if peer.id in self._paused_own or peer.id in self._paused_pool:
             return
         paused = self._paused_pool if peer.conn.paused_by_pool else self._paused_own
@@ -438,7 +409,7 @@ class Server:
         if self._loop is not None and peer.stream is None:
             self._loop.remove_reader(peer.sock)
 
-    def _check_resume(self, peer: _Peer) -> None:
+    def check_resume(self, peer: Peer) -> None:
         """``peer``'s writes were confirmed: resume it if it was paused for
         its own backlog and now wants input."""
         if peer.id in self._paused_own and peer.conn.wants_read:
@@ -464,10 +435,10 @@ class Server:
             else:
                 self._paused_own[peer.id] = peer
 
-    def _resume_peer(self, peer: _Peer) -> None:
+    def _resume_peer(self, peer: Peer) -> None:
         if self._loop is not None and peer.stream is None:
             # Deferred: this runs inside another connection's write path.
-            self._loop.call_soon(self._on_resumed, peer)
+            self._loop.call_soon(_reactor.on_resumed, self, peer)
         elif peer.resume is not None:
             peer.resume.set()
 
@@ -478,27 +449,27 @@ class Server:
                 self._room = anyio.Event()
             await self._room.wait()
 
-    async def _wait_resume(self, peer: _Peer) -> None:
+    async def wait_resume(self, peer: Peer) -> None:
         """Task drivers: sleep until the core wants ``peer``'s input again,
         then feed it what it kept back."""
         peer.resume = anyio.Event()
-        self._pause(peer)
+        self.pause(peer)
         if peer.conn.wants_read:  # drained meanwhile
             self._paused_own.pop(peer.id, None)
             self._paused_pool.pop(peer.id, None)
         else:
             await peer.resume.wait()
         peer.resume = None
-        self._resumed(peer)
+        self.resumed(peer)
 
-    def _resumed(self, peer: _Peer) -> None:
+    def resumed(self, peer: Peer) -> None:
         conn = peer.conn
-        now, wall = _clock()
+        now, wall = clock()
         conn.continue_reading(now=now, wall=wall)
-        self._after_input(peer)
-        self._schedule(peer)
+        self.after_input(peer)
+        self.schedule(peer)
 
-    def _read_ready(self, peer: _Peer) -> None:
+    def read_ready(self, peer: Peer) -> None:
         """Read a readable socket into the core and write what it produced.
         A full read usually means more is waiting: read on (bounded) before
         giving the loop back."""
@@ -510,16 +481,16 @@ class Server:
                 break
             except OSError:
                 data = b""
-            now, wall = _clock()
+            now, wall = clock()
             conn.receive_data(data, now=now, wall=wall)
-            self._after_input(peer)
+            self.after_input(peer)
             if len(data) < _RECV_SIZE or conn.closed or not conn.wants_read:
                 break
-        self._schedule(peer)
+        self.schedule(peer)
 
-    def _after_input(self, peer: _Peer) -> None:
-        self._drain_events(peer)
-        self._flush(peer)
+    def after_input(self, peer: Peer) -> None:
+        self.drain_events(peer)
+        self.flush(peer)
         self.flush_ready()
 
     def flush_ready(self) -> None:
@@ -528,15 +499,15 @@ class Server:
         hub = self.hub
         for client in hub.take_ready():
             owner = client.owner
-            if isinstance(owner, _Peer):
-                self._flush(owner)
+            if isinstance(owner, Peer):
+                self.flush(owner)
         if self._paused_pool or self._room is not None:
             self._check_pool()
         deadline = hub.next_deadline()
         if deadline is not None and deadline + _TIMER_SLACK < self._timer_at:
             self._timer_wake.set()
 
-    def _flush(self, peer: _Peer) -> None:
+    def flush(self, peer: Peer) -> None:
         """Write what the core queued for ``peer``: non-blocking sends, no
         await, each confirmed to the core (a paged replay then refills)."""
         if peer.stream is not None:
@@ -556,7 +527,7 @@ class Server:
                 sent = 0
             except OSError:
                 conn.abort("write failed")
-                self._wake_reader(peer)
+                self.wake_reader(peer)
                 return
             self.bytes_out += sent
             conn.bytes_sent(sent)
@@ -564,16 +535,16 @@ class Server:
                 peer.pending = memoryview(data)[sent:]
                 peer.writing = True
                 if self._loop is not None:
-                    self._loop.add_writer(peer.sock, self._on_writable, peer)
+                    self._loop.add_writer(peer.sock, _reactor.on_writable, self, peer)
                 else:
                     assert self._tg is not None
                     self._tg.start_soon(self._writer, peer)
                 break
-        self._check_resume(peer)
+        self.check_resume(peer)
         if conn.closed:
-            self._wake_reader(peer)
+            self.wake_reader(peer)
 
-    async def _writer(self, peer: _Peer) -> None:
+    async def _writer(self, peer: Peer) -> None:
         """A full socket: wait until writable, then keep draining the core."""
         try:
             while peer.pending is not None:
@@ -583,15 +554,15 @@ class Server:
                     peer.pending = None
                     peer.conn.abort("write failed")
                     break
-                self._send_pending(peer)
+                self.send_pending(peer)
         finally:
             peer.writing = False
-        self._drain_events(peer)
-        self._check_resume(peer)
+        self.drain_events(peer)
+        self.check_resume(peer)
         if peer.conn.closed:
-            self._wake_reader(peer)
+            self.wake_reader(peer)
 
-    def _send_pending(self, peer: _Peer) -> bool:
+    def send_pending(self, peer: Peer) -> bool:
         """Write the partial buffer, then whatever the core queued since,
         until the socket is full (False: wait for writability again) or
         everything is out (True)."""
@@ -615,203 +586,16 @@ class Server:
                 peer.pending = memoryview(data)
         return True
 
-    def _wake_reader(self, peer: _Peer) -> None:
+    def wake_reader(self, peer: Peer) -> None:
         if self._loop is not None:
             if peer.conn.closed and peer.pending is None:
-                self._close_reactor_peer(peer)
+                _reactor.close_peer(self, peer)
         elif peer.scope is not None:
             peer.scope.cancel()
 
-    # --- the asyncio driver: callbacks, no task per connection ---------------
-
-    def _open_reactor_peer(self, sock: socket.socket, peer_name: str) -> None:
-        assert self._loop is not None
-        self._next_id += 1
-        self.connections_total += 1
-        now = time.monotonic()
-        conn = Connection(self.hub, now=now, allowed_origins=self._allowed_origins)
-        peer = _Peer(sock, conn, peer_name, self._next_id)
-        self.peers[peer.id] = peer
-        self._loop.add_reader(sock, self._on_readable, peer)
-        self._schedule(peer)
-
-    def _on_readable(self, peer: _Peer) -> None:
-        conn = peer.conn
-        try:
-            if conn.wants_read:
-                self._read_ready(peer)
-            if not conn.closed and not conn.wants_read:
-                # The kernel, then the peer, buffer until it is resumed.
-                self._pause(peer)
-        except Exception as exc:  # a bug must cost one connection, not the server
-            self.log.error("connection failed", id=peer.id, error=repr(exc))
-            conn.abort("internal error")
-            peer.pending = None
-        if conn.closed:
-            self._wake_reader(peer)
-
-    def _on_resumed(self, peer: _Peer) -> None:
-        """asyncio driver: a paused connection may be read again."""
-        conn = peer.conn
-        if peer.id not in self.peers or peer.closer is not None or conn.closed:
-            return
-        assert self._loop is not None
-        try:
-            self._resumed(peer)
-            if conn.closed:
-                pass
-            elif conn.wants_read:
-                self._loop.add_reader(peer.sock, self._on_readable, peer)
-            else:
-                self._pause(peer)
-        except Exception as exc:  # a bug must cost one connection, not the server
-            self.log.error("connection failed", id=peer.id, error=repr(exc))
-            conn.abort("internal error")
-            peer.pending = None
-        if conn.closed:
-            self._wake_reader(peer)
-
-    def _on_writable(self, peer: _Peer) -> None:
-        """A full socket has room again: finish the partial buffer, then
-        keep draining the core until it has nothing more or the socket is
-        full again."""
-        assert self._loop is not None
-        try:
-            if not self._send_pending(peer):
-                return
-        except Exception as exc:
-            self.log.error("connection failed", id=peer.id, error=repr(exc))
-            peer.pending = None
-            peer.conn.abort("internal error")
-        self._loop.remove_writer(peer.sock)
-        peer.writing = False
-        self._drain_events(peer)
-        self._check_resume(peer)
-        if peer.conn.closed:
-            self._wake_reader(peer)
-
-    def _close_reactor_peer(self, peer: _Peer) -> None:
-        """Closed and flushed: half-close and drain briefly (a lingering
-        close, as in ``_linger``), then release the socket."""
-        loop = self._loop
-        assert loop is not None
-        if peer.closer is not None or peer.id not in self.peers:
-            return
-        self.peers.pop(peer.id, None)
-        self._paused_own.pop(peer.id, None)
-        self._paused_pool.pop(peer.id, None)
-        self._drain_events(peer)
-        sock = peer.sock
-        loop.remove_reader(sock)
-        if peer.writing:
-            loop.remove_writer(sock)
-            peer.writing = False
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            sock.close()
-            return
-        peer.closer = loop.call_later(0.5, self._release, peer)
-        loop.add_reader(sock, self._on_linger_readable, peer)
-
-    def _on_linger_readable(self, peer: _Peer) -> None:
-        try:
-            chunk = peer.sock.recv(65_536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._release(peer)
-
-    def _release(self, peer: _Peer) -> None:
-        assert self._loop is not None
-        if peer.closer is not None:
-            peer.closer.cancel()
-            peer.closer = None  # the handle holds this peer: no cycle left behind
-        peer.pending = None
-        if peer.sock.fileno() >= 0:
-            self._loop.remove_reader(peer.sock)
-            peer.sock.close()
-
-    # --- TLS: the stream path -------------------------------------------------
-
-    async def _run_tls(self, peer: _Peer) -> None:
-        assert self.ssl_context is not None
-        conn = peer.conn
-        with anyio.move_on_after(self.hub.limits.open_timeout):
-            raw = await anyio.abc.SocketStream.from_socket(peer.sock)
-            peer.stream = await TLSStream.wrap(
-                raw, server_side=True, ssl_context=self.ssl_context, standard_compatible=False
-            )
-        if peer.stream is None:
-            conn.abort("TLS handshake timed out")
-            return
-        peer.wake = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._tls_writer, peer)
-            stream = peer.stream
-            self._schedule(peer)
-            with anyio.CancelScope() as scope:
-                peer.scope = scope
-                while not conn.closed:
-                    if not conn.wants_read:
-                        await self._wait_resume(peer)
-                        continue
-                    try:
-                        data = await stream.receive(_RECV_SIZE)
-                    except (
-                        anyio.EndOfStream,
-                        anyio.BrokenResourceError,
-                        anyio.ClosedResourceError,
-                        ssl.SSLError,
-                        OSError,
-                    ):
-                        data = b""
-                    now, wall = _clock()
-                    conn.receive_data(data, now=now, wall=wall)
-                    self._after_input(peer)
-                    self._schedule(peer)
-            peer.scope = None
-            if self.stopping and not conn.closed:
-                conn.abort("server shutting down")
-            # Let the writer send the last frames, then stop it.
-            with anyio.move_on_after(1.0):
-                while peer.writing or peer.conn.has_output:
-                    if peer.wake is not None:
-                        peer.wake.set()
-                    await anyio.sleep(0.01)
-            tg.cancel_scope.cancel()
-
-    async def _tls_writer(self, peer: _Peer) -> None:
-        assert peer.stream is not None and peer.wake is not None
-        conn = peer.conn
-        while True:
-            await peer.wake.wait()
-            peer.wake = anyio.Event()
-            while data := conn.data_to_send():
-                peer.writing = True
-                try:
-                    await peer.stream.send(data)
-                    self.bytes_out += len(data)
-                    conn.bytes_sent(len(data))
-                except (
-                    anyio.BrokenResourceError,
-                    anyio.ClosedResourceError,
-                    ssl.SSLError,
-                    OSError,
-                ):
-                    conn.abort("write failed")
-                finally:
-                    peer.writing = False
-                self._drain_events(peer)
-                self._check_resume(peer)
-            if conn.closed:
-                self._wake_reader(peer)
-
     # --- events: HTTP requests, opens, closes -------------------------------
 
-    def _drain_events(self, peer: _Peer) -> None:
+    def drain_events(self, peer: Peer) -> None:
         conn = peer.conn
         while (event := conn.next_event()) is not None:
             if type(event) is HTTPRequest:
@@ -853,9 +637,3 @@ class Server:
                         status=event.code,
                         reason=event.reason,
                     )
-
-def _format_peer(address: Any) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)
