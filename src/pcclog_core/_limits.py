@@ -5,7 +5,7 @@ milliseconds of the environment variables.
 The memory bound these make (SPEC §6, docs/configuration.md)::
 
     RSS <= base + memory_budget
-           + connections x (connection_buffer + max_message_size + 256 KiB read + ~8 KiB)
+           + connections x (connection_buffer + max_message_size + read_size + ~64 KiB)
 
 ``memory_budget`` covers every session's in-memory history and every
 connection's queued output; ``connection_buffer`` is counted in the budget
@@ -42,6 +42,9 @@ class Limits:
     memory_budget: int = 1_073_741_824
     # A log message longer than this (as encoded JSON) is cut, with a marker.
     max_line_bytes: int = 262_144
+    # Bytes a runtime reads from a socket at once: a connection the core
+    # stopped reading holds at most one such read back (``Connection``).
+    read_size: int = 262_144
     ping_interval: float = 30.0
     ping_timeout: float = 5.0
     # A connection that has not authenticated this long after opening is
@@ -76,6 +79,8 @@ class Limits:
             raise ValueError("history_lines must be at least 1")
         if self.max_line_bytes < 64:
             raise ValueError("max_line_bytes must be at least 64 bytes")
+        if self.read_size < 1024:
+            raise ValueError("read_size must be at least 1024 bytes")
         if self.connection_buffer < 1:
             raise ValueError("connection_buffer must be at least 1 byte")
 

@@ -74,7 +74,6 @@ from ._peer import Peer, clock, format_peer
 
 __all__ = ["Server", "Source"]
 
-_RECV_SIZE = 262_144
 _TIMER_SLACK = 0.01  # seconds a deadline may be served late, to batch wake-ups
 
 
@@ -474,9 +473,10 @@ class Server:
         A full read usually means more is waiting: read on (bounded) before
         giving the loop back."""
         conn = peer.conn
+        read_size = self.hub.limits.read_size
         for _ in range(8):
             try:
-                data = peer.sock.recv(_RECV_SIZE)
+                data = peer.sock.recv(read_size)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -484,7 +484,7 @@ class Server:
             now, wall = clock()
             conn.receive_data(data, now=now, wall=wall)
             self.after_input(peer)
-            if len(data) < _RECV_SIZE or conn.closed or not conn.wants_read:
+            if len(data) < read_size or conn.closed or not conn.wants_read:
                 break
         self.schedule(peer)
 

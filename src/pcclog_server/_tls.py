@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = ["run"]
 
-_RECV_SIZE = 262_144
 
 
 async def run(server: Server, peer: Peer) -> None:
@@ -50,7 +49,7 @@ async def run(server: Server, peer: Peer) -> None:
                     await server.wait_resume(peer)
                     continue
                 try:
-                    data = await stream.receive(_RECV_SIZE)
+                    data = await stream.receive(server.hub.limits.read_size)
                 except (
                     anyio.EndOfStream,
                     anyio.BrokenResourceError,
