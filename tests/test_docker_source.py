@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO, TEST_IMAGE, ServerProcess, wait_for
 from websockets.sync.client import ClientConnection, connect
 
-from pcclog_server._docker_source import _Unchunker
+from pcclog_core._docker_http import ChunkedDecoder, EngineHTTPError
 
 TOKEN = "test-token"
 ENGINE_SCRIPT = REPO.parent / "shared" / "docker" / "start-engine.sh"
@@ -188,19 +188,19 @@ def _remove(container: Any) -> None:
 
 def test_unchunker_whole_and_byte_by_byte() -> None:
     body = b"2a\r\n" + b"x" * 0x2A + b"\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: t\r\n\r\nNEXT"
-    whole = _Unchunker()
-    assert whole.feed(body) == b"x" * 0x2A + b"abc"
+    whole = ChunkedDecoder()
+    assert whole.receive_data(body) == b"x" * 0x2A + b"abc"
     assert whole.done
-    split = _Unchunker()
-    out = b"".join(split.feed(body[i : i + 1]) for i in range(len(body)))
+    split = ChunkedDecoder()
+    out = b"".join(split.receive_data(body[i : i + 1]) for i in range(len(body)))
     assert out == b"x" * 0x2A + b"abc"
     assert split.done
     for cut in range(len(body)):  # every split into two reads
-        two = _Unchunker()
-        assert two.feed(body[:cut]) + two.feed(body[cut:]) == b"x" * 0x2A + b"abc"
+        two = ChunkedDecoder()
+        assert two.receive_data(body[:cut]) + two.receive_data(body[cut:]) == b"x" * 0x2A + b"abc"
         assert two.done
-    with pytest.raises(ValueError):
-        _Unchunker().feed(b"zz\r\n")
+    with pytest.raises(EngineHTTPError):
+        ChunkedDecoder().receive_data(b"zz\r\n")
 
 
 # --- engine connection and /readyz ------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for pcclog_core._docker: the Docker log stream decoder, levels, resume.
+"""The Docker log stream decoder, its lines' classification, resume, and timestamps.
 
 The encoders here are written from the Engine API's description (moby
 ``pkg/stdcopy`` frames, ``WriteLogStream`` timestamps, the copier's 16 KiB
@@ -9,27 +9,22 @@ with ``datetime`` so that the decoder's own arithmetic is checked, not reused.
 from __future__ import annotations
 
 import itertools
+import math
 import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pcclog_core._docker import (
-    ClassifiedLine,
-    DockerLine,
-    DockerStreamDecoder,
-    DockerStreamError,
-    ResumeFilter,
-    ResumePoint,
-    StreamMark,
-    classify_line,
-    iso_millis,
-    parse_rfc3339_ns,
-)
+from pcclog_core._docker_lines import ClassifiedLine, LineClassifier, classify_line
+from pcclog_core._docker_resume import ResumeFilter, ResumePoint, StreamMark
+from pcclog_core._docker_stream import DockerLine, DockerStreamDecoder, DockerStreamError
+from pcclog_core._timefmt import format_ns as iso_millis
+from pcclog_core._timefmt import format_wall, normalize_timestamp, parse_rfc3339_ns
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 NS = 1_000_000_000
@@ -815,7 +810,6 @@ def since_ns(since: str) -> int:
 def test_resume_point_and_since_param() -> None:
     f = ResumeFilter()
     assert f.since_param() is None
-    assert f.since_seconds() is None
     assert f.point == ResumePoint()
     for line in [line_of("a"), line_of("b"), line_of("c", "stderr")]:
         assert f.accept(line)
@@ -847,17 +841,6 @@ def test_live_lines_are_never_dropped() -> None:
     assert f.accept(DockerLine(stream="stdout", timestamp=T2, timestamp_ns=N2, text="a"))
     assert f.accept(DockerLine(stream="stdout", timestamp=T1, timestamp_ns=N1, text="b"))
     assert f.point.stdout == StreamMark(timestamp_ns=N2, count=1)  # the mark never moves back
-
-
-@given(ns=st.integers(0, 2**63))
-def test_since_seconds_never_after_the_instant(ns: int) -> None:
-    value = ResumePoint(stdout=StreamMark(timestamp_ns=ns, count=1)).since_seconds()
-    assert value is not None
-    text = str(value)  # what docker-py puts in the query string
-    assert "e" not in text or value == 0.0
-    assert Fraction(text) <= Fraction(ns, NS)  # never after: the last line is resent
-    if value != 0.0:
-        assert Fraction(ns, NS) - Fraction(text) < Fraction(1, 10**5)  # and close
 
 
 @st.composite
@@ -971,3 +954,80 @@ def test_end_to_end_reattach_through_the_decoder() -> None:
         decoder.receive_data(b"")
         got += [(line.stream, line.timestamp_ns, line.text) for line in f.filter(decoder.lines())]
     assert got == records
+
+
+# ---------------------------------------------------------------------------
+# The classifier of the hot path, and the one formatter
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=300)
+@given(
+    stream=st.sampled_from(["stdout", "stderr"]),
+    text=st.one_of(
+        st.text(max_size=40),
+        st.sampled_from(
+            [
+                "WARN disk almost full",
+                "ERROR: boom",
+                "[info] started",
+                "Traceback (most recent call last):",
+                '  {"level": "warn", "msg": "padded"}',
+                '{"level":"debug","msg":"structured","n":1}',
+                '{"severity":"ERROR","message":{"nested":true}}',
+                '{"msg":"no level"}',
+                "{not json}",
+                "{}",
+            ]
+        ),
+    ),
+    ns=st.integers(0, 253402300799 * NS),
+)
+def test_line_classifier_is_classify_line(stream: str, text: str, ns: int) -> None:
+    line = DockerLine(stream=stream, timestamp="t", timestamp_ns=ns, text=text)  # type: ignore[arg-type]
+    entry = LineClassifier(container_id="abc", stderr_level="error").entry(line)
+    c = classify_line(line, container_id="abc")
+    assert (entry.level, entry.message, entry.timestamp) == (c.level, c.message, c.timestamp)
+    assert msgspec.json.decode(entry.data) == c.data
+
+
+def test_a_stderr_warning_is_not_an_error() -> None:
+    classifier = LineClassifier(container_id="abc")
+    line = DockerLine(stream="stderr", timestamp=T1, timestamp_ns=N1, text="WARNING: low disk")
+    assert classifier.entry(line).level == "warn"
+    line = DockerLine(stream="stderr", timestamp=T1, timestamp_ns=N1, text="plain")
+    assert classifier.entry(line).level == "error"
+    line = DockerLine(stream="stdout", timestamp=T1, timestamp_ns=N1, text="ERROR on stdout")
+    assert classifier.entry(line).level == "info"  # stdout: the configured default only
+
+
+@given(wall=st.floats(0, 253402300799, allow_nan=False))
+def test_format_wall_is_format_ns_of_the_exact_float(wall: float) -> None:
+    exact = Fraction(wall)
+    whole = math.floor(exact)
+    millis = min(999, int((wall - whole) * 1000))
+    assert format_wall(wall) == iso_millis(whole * NS + millis * 1_000_000)
+    assert format_wall(wall)[:19] == iso_millis(int(exact * NS))[:19]
+
+
+@pytest.mark.parametrize(
+    ("given_", "expected"),
+    [
+        ("2024-01-26T13:45:30.123Z", "2024-01-26T13:45:30.123Z"),
+        ("2024-01-26T13:45:30.123+00:00", "2024-01-26T13:45:30.123Z"),  # not .122
+        ("2024-01-26T14:45:30.9999+01:00", "2024-01-26T13:45:30.999Z"),
+        ("2024-01-26T13:45:30", "2024-01-26T13:45:30.000Z"),
+        ("2024-01-26", "2024-01-26T00:00:00.000Z"),
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),
+    ],
+)
+def test_normalize_timestamp_is_exact(given_: str, expected: str) -> None:
+    assert normalize_timestamp(given_) == expected
+
+
+@pytest.mark.parametrize(
+    "bad", ["yesterday", "", "0001-01-01T00:00:00+01:00", "2024-02-30T00:00:00Z"]
+)
+def test_normalize_timestamp_rejects(bad: str) -> None:
+    with pytest.raises(ValueError):
+        normalize_timestamp(bad)

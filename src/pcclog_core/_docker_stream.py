@@ -4,9 +4,10 @@ Theory of operation
 ===================
 
 The runtime opens ``GET /containers/{id}/logs?follow=1&stdout=1&stderr=1&timestamps=1``
-and hands every chunk of the response body to :meth:`DockerStreamDecoder.receive_data`;
-``receive_data(b"")`` is EOF. Whole lines come out of :meth:`DockerStreamDecoder.lines`.
-Nothing here reads a socket or a clock.
+(:mod:`._docker_http` undoes the HTTP framing) and hands every chunk of the body
+to :meth:`DockerStreamDecoder.receive_data`; ``receive_data(b"")`` is EOF. Whole
+lines come out of :meth:`DockerStreamDecoder.lines`. Nothing here reads a socket
+or a clock.
 
 What the engine sends (moby ``api/server/httputils/write_log_stream.go``,
 ``WriteLogStream``; ``pkg/stdcopy``; ``daemon/logger/copier.go``):
@@ -58,49 +59,27 @@ and dropped as it arrives, so a stream never buffers more than
 header besides. Everything a malformed body can cause is a
 :class:`DockerStreamError`.
 
-The module also holds :func:`classify_line` (a line → level/message/data, SPEC
-§4) and :class:`ResumeFilter`, the bookkeeping that lets the runtime re-attach
-with ``since=`` without duplicates; its docstring says exactly what it
-guarantees.
+Timestamps are parsed by the one parser (:mod:`._timefmt`); lines are
+classified by :mod:`._docker_lines` and de-duplicated on re-attach by
+:mod:`._docker_resume`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Final, Literal
 
-import msgspec
+from ._errors import PcclogError
+from ._timefmt import TIMESTAMP_SP, match_ns
 
-from ._levels import leading_level, level_of
-
-__all__ = [
-    "ClassifiedLine",
-    "DockerLine",
-    "DockerStreamDecoder",
-    "DockerStreamError",
-    "ResumeFilter",
-    "ResumePoint",
-    "StreamMark",
-    "classify_line",
-    "iso_millis",
-    "parse_rfc3339_ns",
-]
+__all__ = ["DockerLine", "DockerStreamDecoder", "DockerStreamError", "Stream"]
 
 Stream = Literal["stdout", "stderr"]
 
-_NS_PER_S: Final = 1_000_000_000
 
-# ---------------------------------------------------------------------------
-# Errors and events
-# ---------------------------------------------------------------------------
-
-
-class DockerStreamError(ValueError):
+class DockerStreamError(PcclogError, ValueError):
     """The log body broke the Engine API framing; the decoder cannot go on.
 
     Raised by :meth:`DockerStreamDecoder.receive_data` for: a multiplexed
@@ -110,7 +89,7 @@ class DockerStreamError(ValueError):
     RFC 3339 timestamp (the request must carry ``timestamps=1``), and data
     after EOF. Once raised, every later ``receive_data`` raises again; lines
     completed before the error are still returned by ``lines()``. The runtime
-    drops the connection and re-attaches (see :class:`ResumeFilter`).
+    drops the connection and re-attaches (see ``ResumeFilter``).
     """
 
 
@@ -137,148 +116,11 @@ class DockerLine:
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {self.stream!r}")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClassifiedLine:
-    """A :class:`DockerLine` as pcclog's ``log`` message fields (SPEC §4)."""
-
-    level: str
-    message: str
-    data: dict[str, object]
-    timestamp: str
-
-
-# ---------------------------------------------------------------------------
-# RFC 3339 timestamps
-# ---------------------------------------------------------------------------
-
-# RFC 3339 §5.6 date-time, as the engine writes it followed by the one space
-# that separates it from the log bytes. §5.6 NOTE allows lower-case t and z.
-# The fraction has 0-9 digits: Go's RFC3339Nano drops trailing zeros, the
-# engine's RFC3339NanoFixed keeps all nine.
-_TS_SP_RE: Final = re.compile(
-    rb"(\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d)(?:\.(\d{0,9}))?([Zz]|[+-]\d\d:\d\d) "
-)
-_TS_STR_RE: Final = re.compile(
-    r"(\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d)(?:\.(\d{0,9}))?([Zz]|[+-]\d\d:\d\d)", re.ASCII
-)
 # Longest timestamp: 19 (date-time) + 10 (.fraction) + 6 (±hh:mm) = 35 bytes.
 # A record whose first 36 bytes hold no space does not start with one.
 _TS_WINDOW: Final = 36
 _TS_ALPHABET: Final = b"0123456789-:.+TtZz"
-
-_DAYS_IN_MONTH: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-
-def _days_from_civil(y: int, m: int, d: int) -> int:
-    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
-def _civil_from_days(z: int) -> tuple[int, int, int]:
-    """Inverse of :func:`_days_from_civil`."""
-    z += 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + 3 if mp < 10 else mp - 9
-    return yoe + era * 400 + (m <= 2), m, d
-
-
-def _local_seconds(dt: str | bytes) -> int:
-    """``YYYY-MM-DDTHH:MM:SS`` (19 chars) → seconds since the epoch, zone not applied."""
-    y, mo, d = int(dt[0:4]), int(dt[5:7]), int(dt[8:10])
-    h, mi, s = int(dt[11:13]), int(dt[14:16]), int(dt[17:19])
-    if not 1 <= mo <= 12:
-        raise ValueError("month out of range")
-    leap = mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
-    if not 1 <= d <= _DAYS_IN_MONTH[mo] + leap:
-        raise ValueError("day out of range")
-    # RFC 3339 §5.7 allows second 60 (a leap second); it counts as :00 of the
-    # next minute, as POSIX time has no leap seconds.
-    if h > 23 or mi > 59 or s > 60:
-        raise ValueError("time of day out of range")
-    return _days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s
-
-
-def _offset_seconds(zone: str | bytes) -> int:
-    if len(zone) == 1:  # Z or z
-        return 0
-    hh, mm = int(zone[1:3]), int(zone[4:6])
-    if hh > 23 or mm > 59:
-        raise ValueError("zone offset out of range")
-    seconds = hh * 3600 + mm * 60
-    return -seconds if zone[:1] in ("-", b"-") else seconds
-
-
-# One-entry cache: consecutive log lines nearly always share their second.
-_seconds_cache: tuple[bytes, int] = (b"", 0)
-
-
-def _match_ns(m: re.Match[bytes]) -> int:
-    """Nanoseconds of a :data:`_TS_SP_RE` match; ``ValueError`` when out of range."""
-    global _seconds_cache
-    dt, frac, zone = m.group(1, 2, 3)
-    cached_dt, seconds = _seconds_cache
-    if dt != cached_dt:
-        seconds = _local_seconds(dt)
-        _seconds_cache = (dt, seconds)
-    if len(zone) > 1:
-        seconds -= _offset_seconds(zone)
-    return seconds * _NS_PER_S + (int(frac.ljust(9, b"0")) if frac else 0)
-
-
-def parse_rfc3339_ns(ts: str) -> int:
-    """An RFC 3339 date-time (RFC 3339 §5.6) → nanoseconds since the epoch, exact.
-
-    Accepts what the Docker engine writes (``2024-01-26T13:45:30.123456789Z``)
-    and every other RFC 3339 form: a fraction of 0-9 digits, ``Z`` or a
-    ``±hh:mm`` offset, lower-case ``t``/``z``. No float is involved, so all
-    nine digits survive. Raises ``ValueError`` for anything else (including
-    out-of-range fields such as February 30).
-    """
-    m = _TS_STR_RE.fullmatch(ts)
-    if m is None:
-        raise ValueError(f"not an RFC 3339 timestamp: {ts[:40]!r}")
-    dt, frac, zone = m.group(1, 2, 3)
-    try:
-        seconds = _local_seconds(dt) - _offset_seconds(zone)
-    except ValueError as exc:
-        raise ValueError(f"not an RFC 3339 timestamp: {ts[:40]!r} ({exc})") from None
-    return seconds * _NS_PER_S + (int(frac.ljust(9, "0")) if frac else 0)
-
-
-_iso_cache: tuple[int, str] = (-1 << 70, "")
-
-
-def iso_millis(ns: int) -> str:
-    """Nanoseconds since the epoch → ``"2024-01-26T13:45:30.123Z"``.
-
-    pcclog's wire format for ``timestamp`` (SPEC §3, as in the seed): UTC,
-    ISO 8601, milliseconds (truncated, never rounded up into the next
-    second), ``Z``. Years outside 0000-9999 raise ``ValueError``.
-    """
-    global _iso_cache
-    seconds, rem = divmod(ns, _NS_PER_S)
-    cached_seconds, prefix = _iso_cache
-    if seconds != cached_seconds:
-        days, sod = divmod(seconds, 86400)
-        y, mo, d = _civil_from_days(days)
-        if not 0 <= y <= 9999:
-            raise ValueError(f"{ns} ns is outside the years 0000-9999")
-        h, sod = divmod(sod, 3600)
-        mi, s = divmod(sod, 60)
-        prefix = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}"
-        _iso_cache = (seconds, prefix)
-    return f"{prefix}.{rem // 1_000_000:03d}Z"
-
+_TS_SP_RE: Final = TIMESTAMP_SP
 
 # ---------------------------------------------------------------------------
 # The stream decoder
@@ -437,7 +279,7 @@ class _Assembler:
     def _take_timestamp(self, m: re.Match[bytes]) -> bool:
         """Take ``m`` as the record's timestamp; False if it is no valid time."""
         try:
-            ns = _match_ns(m)
+            ns = match_ns(m)
         except ValueError:
             return False
         if self._state == _START:
@@ -735,241 +577,3 @@ class DockerStreamDecoder:
         stdout.finish()
         stderr.finish()
         self._syserr.finish()
-
-
-# ---------------------------------------------------------------------------
-# Levels and messages (SPEC §4)
-# ---------------------------------------------------------------------------
-
-
-def classify_line(
-    line: DockerLine,
-    *,
-    container_id: str,
-    stdout_level: str = "info",
-    stderr_level: str = "error",
-) -> ClassifiedLine:
-    """Level, message and data of a container's log line (SPEC §4).
-
-    ``data`` always has ``containerId`` and ``stream``. A line that is a JSON
-    object keeps its fields in ``data`` (our ``containerId``/``stream``
-    replace fields of the same name) and gives the level — ``level``, else
-    ``severity``: names in any case (``warning``→``warn``, ``err``→``error``,
-    ``critical``→``fatal``, and the syslog names) or pino's numbers — and the
-    message: ``msg``, else ``message`` (a non-string is JSON-encoded), else
-    the whole line. Any other line is a message at ``stdout_level`` or
-    ``stderr_level`` by stream, as is a JSON line without a known level;
-    a stderr line first gets the level its leading keyword names (``ERROR``,
-    ``WARN``/``WARNING``, ``INFO``, ``DEBUG``, ``Traceback``), so a warning
-    on stderr is not counted as an error.
-    ``timestamp`` is the engine's timestamp in pcclog's wire form.
-    """
-    text = line.text
-    default = stdout_level if line.stream == "stdout" else stderr_level
-    timestamp = iso_millis(line.timestamp_ns)
-    fields: object = None
-    body = text.strip() if text[:1].isspace() or text[-1:].isspace() else text
-    if body[:1] == "{" and body[-1:] == "}":
-        try:
-            fields = msgspec.json.decode(body)
-        except (msgspec.DecodeError, RecursionError):
-            fields = None
-    if not isinstance(fields, dict):
-        if line.stream == "stderr":
-            default = leading_level(text) or default
-        return ClassifiedLine(
-            level=default,
-            message=text,
-            data={"containerId": container_id, "stream": line.stream},
-            timestamp=timestamp,
-        )
-    level = level_of(fields.get("level")) or level_of(fields.get("severity")) or default
-    message = text
-    for key in ("msg", "message"):
-        value = fields.get(key)
-        if value is not None:
-            message = value if isinstance(value, str) else msgspec.json.encode(value).decode()
-            break
-    data: dict[str, object] = fields
-    data["containerId"] = container_id
-    data["stream"] = line.stream
-    return ClassifiedLine(level=level, message=message, data=data, timestamp=timestamp)
-
-
-# ---------------------------------------------------------------------------
-# Resuming a follow stream
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamMark:
-    """The newest timestamp delivered on one stream and how many lines had it."""
-
-    timestamp_ns: int
-    count: int
-
-    def __post_init__(self) -> None:
-        if self.count < 1:
-            raise ValueError("a stream mark counts at least one line")
-
-
-def _since_text(ns: int) -> str:
-    seconds, nanos = divmod(max(ns, 0), _NS_PER_S)
-    return f"{seconds}.{nanos:09d}"
-
-
-def _since_float(ns: int) -> float:
-    exact = Fraction(max(ns, 0), _NS_PER_S)
-    f = float(exact)
-    # docker-py sends str(float); the engine parses that decimal text. Step
-    # down until the text is not after the instant, or the last line at that
-    # instant would not be resent.
-    while f > 0.0 and Fraction(repr(f)) > exact:
-        f = math.nextafter(f, 0.0)
-    # Below 1e-4 repr() switches to exponent form, which the engine rejects.
-    return f if f >= 1e-4 else 0.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResumePoint:
-    """What has been delivered: per stream, the newest timestamp and its count.
-
-    A value: store it, hand it to a new :class:`ResumeFilter`.
-    """
-
-    stdout: StreamMark | None = None
-    stderr: StreamMark | None = None
-
-    @property
-    def timestamp_ns(self) -> int | None:
-        """The instant to resume from: the older of the two streams' marks."""
-        marks = [m.timestamp_ns for m in (self.stdout, self.stderr) if m is not None]
-        return min(marks) if marks else None
-
-    def since_param(self) -> str | None:
-        """``since`` for the Engine API, ``"<seconds>.<9 digits>"``; ``None`` before any line.
-
-        The engine parses it with ``timetypes.ParseTimestamps`` into seconds
-        and nanoseconds, exactly, and resends every record whose timestamp
-        is not before it (``since`` is inclusive).
-        """
-        ns = self.timestamp_ns
-        return None if ns is None else _since_text(ns)
-
-    def since_seconds(self) -> float | None:
-        """``since`` as a float for docker-py's ``logs(since=...)``, never after the instant.
-
-        docker-py accepts only an int, a float or a whole-second datetime and
-        sends ``str(float)``; a float cannot hold nanoseconds, so this one is
-        rounded *down* (the engine then resends a few older lines, which the
-        filter drops). ``0.0`` (docker-py refuses it: omit ``since``) for
-        instants within 1e-4 s of the epoch.
-        """
-        ns = self.timestamp_ns
-        return None if ns is None else _since_float(ns)
-
-
-class ResumeFilter:
-    """Drops the lines a re-attached follow stream sends twice.
-
-    The follow stream can end at any time (engine restart, network, the
-    container's restart); the runtime then requests the logs again with
-    ``since=`` :meth:`since_param` (inclusive: the engine resends every
-    record whose timestamp is at or after it, in log file order) and calls
-    :meth:`start_attach` before passing the new stream's lines through
-    :meth:`accept`/:meth:`filter`. Several lines can share a timestamp, so
-    the filter remembers per stream the newest timestamp delivered and how
-    many lines of that stream had exactly it (a :class:`ResumePoint`). On a
-    new attach it drops, per stream, the lines older than that stream's mark
-    and the first ``count`` lines at exactly it; the first line it lets
-    through ends the dropping for that stream, so live lines are never held
-    back.
-
-    Guaranteed — no duplicate and no hole — when:
-
-    * each stream's timestamps never decrease in the log file (the copier
-      stamps one stream from one goroutine with the host's wall clock, and
-      the file keeps each stream's order);
-    * every undelivered line has a timestamp at or after ``since``: true for
-      a stream that has delivered a line (its undelivered lines come after
-      its mark, and ``since`` is the older mark), and true for a stream that
-      has not when all lines are in timestamp order across streams;
-    * the engine still has the lines (a rotated-away log file is a hole the
-      engine does not report) and each delivered line was whole.
-
-    Not guaranteed:
-
-    * The stdout and stderr copiers stamp their lines independently, so a
-      line of a stream that has delivered nothing yet can be older than the
-      other stream's mark and be written after it; it is lost (a skew of
-      microseconds: the window between stamping and writing).
-    * A backward step of the engine host's wall clock: lines stamped before
-      the mark after the step are dropped as if delivered. The mark itself
-      never moves back, so nothing is duplicated.
-    * A line cut by the end of the follow stream (EOF between its 16 KiB
-      pieces or inside a frame) is delivered as its first part, and the whole
-      line, resent with the same timestamp, is dropped as delivered.
-    * A container that ends its output without ``\\n`` and is restarted: the
-      engine logged that last output as a partial record, so the first line
-      after the restart is joined to it (as ``docker logs`` shows it); on a
-      replay that joined line is dropped as the line already delivered.
-    """
-
-    __slots__ = ("_marks", "_skips")
-
-    def __init__(self, point: ResumePoint | None = None) -> None:
-        # stream → [timestamp_ns, count]; mutable for the hot path.
-        self._marks: dict[str, list[int]] = {}
-        self._skips: dict[str, list[int]] = {}
-        if point is not None:
-            for stream, mark in (("stdout", point.stdout), ("stderr", point.stderr)):
-                if mark is not None:
-                    self._marks[stream] = [mark.timestamp_ns, mark.count]
-
-    @property
-    def point(self) -> ResumePoint:
-        """What has been delivered so far, as a value."""
-        out = self._marks.get("stdout")
-        err = self._marks.get("stderr")
-        return ResumePoint(
-            stdout=None if out is None else StreamMark(timestamp_ns=out[0], count=out[1]),
-            stderr=None if err is None else StreamMark(timestamp_ns=err[0], count=err[1]),
-        )
-
-    def since_param(self) -> str | None:
-        """See :meth:`ResumePoint.since_param`."""
-        return self.point.since_param()
-
-    def since_seconds(self) -> float | None:
-        """See :meth:`ResumePoint.since_seconds`."""
-        return self.point.since_seconds()
-
-    def start_attach(self) -> None:
-        """A new follow stream begins: drop what it resends of what was delivered."""
-        self._skips = {stream: list(mark) for stream, mark in self._marks.items()}
-
-    def accept(self, line: DockerLine) -> bool:
-        """True when ``line`` is new (it is then counted as delivered)."""
-        stream = line.stream
-        ts = line.timestamp_ns
-        skip = self._skips.get(stream)
-        if skip is not None:
-            if ts < skip[0]:
-                return False
-            if ts == skip[0] and skip[1] > 0:
-                skip[1] -= 1
-                return False
-            del self._skips[stream]
-        mark = self._marks.get(stream)
-        if mark is None:
-            self._marks[stream] = [ts, 1]
-        elif ts == mark[0]:
-            mark[1] += 1
-        elif ts > mark[0]:
-            mark[0] = ts
-            mark[1] = 1
-        return True
-
-    def filter(self, lines: Iterable[DockerLine]) -> list[DockerLine]:
-        """The new lines among ``lines``, in order."""
-        return [line for line in lines if self.accept(line)]
