@@ -18,7 +18,7 @@ def test_defaults_match_the_spec() -> None:
     assert (config.ws_ping_interval, config.ws_ping_timeout) == (30000, 5000)
     assert (config.session_timeout, config.max_sessions) == (300000, 100)
     assert (config.history_lines, config.subscribe_tail) == (10000, 100)
-    assert (config.max_message_size, config.max_subscriptions) == (65536, 128)
+    assert (config.max_message_size, config.max_subscriptions) == (1_048_576, 128)
     assert (config.connection_buffer, config.slow_consumer) == (1048576, "drop")
     assert config.docker_enabled == "auto" and config.docker_label == "pcclog.session"
     assert not config.auth_configured and not config.auth_disabled

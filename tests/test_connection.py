@@ -711,7 +711,7 @@ def _opened(hub: Hub | None = None) -> Pair:
     ],
 )
 def test_protocol_errors_close(frame: bytes, code: int) -> None:
-    pair = _opened()
+    pair = _viewer()
     events = pair.to_server(frame)
     assert close_of(events).code == code
     assert pair.conn.closed
@@ -719,8 +719,15 @@ def test_protocol_errors_close(frame: bytes, code: int) -> None:
     assert pair.hub.clients == {}
 
 
+def _viewer(**limits: Any) -> Pair:
+    """An open connection authenticated with a view-only token."""
+    pair = Pair(auth_hub("view:view:*", **limits))
+    pair.open(target="/?token=view")
+    return pair
+
+
 def test_message_too_big_1009_with_an_error() -> None:
-    pair = _opened(Hub(Limits(max_message_size=1000), authenticator=OPEN))
+    pair = _viewer(max_message_size=1000)
     events = pair.to_server(raw_frame(0x1, b"", length=1001)[:8])
     assert close_of(events).code == 1009
     [error] = pair.messages(events)
@@ -728,8 +735,33 @@ def test_message_too_big_1009_with_an_error() -> None:
     assert "(1000 bytes)" in error["message"]
 
 
+def test_a_producers_oversized_message_is_skipped_and_it_goes_on() -> None:
+    """SPEC §6: a producer's message over MAX_MESSAGE_SIZE is answered with
+    MESSAGE_TOO_LARGE and skipped; its next message (its exit status above
+    all) still arrives. The payload streams past unkept, trickled or whole,
+    whole frame or fragments."""
+    for chunk in (1, 7, 100_000):
+        pair = Pair(auth_hub("prod:produce:*", max_message_size=1000))
+        pair.open(target="/?token=prod")
+        big = json.dumps({"type": "log", "sessionId": "s", "message": "x" * 5000}).encode()
+        data = raw_frame(0x1, big)
+        data += raw_frame(0x1, big[:600], fin=False) + raw_frame(0x0, big[600:])
+        data += raw_frame(0x1, b'{"type":"status","sessionId":"s","status":"stopped"}')
+        events: list[Event] = []
+        for i in range(0, len(data), chunk):
+            events += pair.to_server(data[i : i + chunk])
+            assert pair.conn.state is ConnectionState.OPEN
+            client = pair.conn.client
+            assert client is not None and len("".join(pair.conn._parts)) <= 1000
+        errors = [m for m in pair.messages(events) if m["type"] == "error"]
+        assert [e["code"] for e in errors] == ["MESSAGE_TOO_LARGE"] * 2
+        assert "skipped" in errors[0]["message"]
+        session = pair.hub.sessions["s"]
+        assert session.status == "stopped" and session.seq == 1
+
+
 def test_fragments_adding_up_past_the_limit_1009() -> None:
-    pair = _opened(Hub(Limits(max_message_size=1000), authenticator=OPEN))
+    pair = _viewer(max_message_size=1000)
     events = pair.to_server(raw_frame(0x1, b"x" * 400, fin=False))
     events += pair.to_server(raw_frame(0x0, b"x" * 400, fin=False))
     assert pair.conn.state is ConnectionState.OPEN

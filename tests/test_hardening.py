@@ -452,11 +452,16 @@ def test_protocol_violation_closes_1002(
 # --- 4. Oversized messages: 1009 ----------------------------------------------------------
 
 
+VIEWER_TOKENS = f"{TOKEN},watch-token-0123:view:*"
+
+
 def test_frame_announcing_2_63_minus_1_bytes_closes_1009_without_allocating(
     start_server: Callable[..., ServerProcess],
 ) -> None:
-    server = start_server()
-    with RawWebSocket.connect(server.port, token=TOKEN) as ws:
+    # A viewer's (or an unauthenticated client's) oversized message closes
+    # it; a producer's is skipped (test_a_producers_oversized_messages_...).
+    server = start_server(token=VIEWER_TOKENS)
+    with RawWebSocket.connect(server.port, token="watch-token-0123") as ws:
         assert ws.barrier() == []
         before = rss(server)
         header = encode_frame(OP_TEXT, b"", length=(1 << 63) - 1, length_form=64)
@@ -492,17 +497,45 @@ FRAGMENTED_TOO_BIG = {
 
 
 @pytest.mark.parametrize("frames", FRAGMENTED_TOO_BIG.values(), ids=FRAGMENTED_TOO_BIG.keys())
+@pytest.mark.parametrize("who", ["viewer", "unauthenticated"])
 def test_message_past_max_message_size_closes_1009(
-    start_server: Callable[..., ServerProcess], frames: bytes
+    start_server: Callable[..., ServerProcess], frames: bytes, who: str
 ) -> None:
-    server = start_server(env={"MAX_MESSAGE_SIZE": "1024"})
-    with RawWebSocket.connect(server.port, token=TOKEN) as ws:
+    server = start_server(env={"MAX_MESSAGE_SIZE": "1024"}, token=VIEWER_TOKENS)
+    token = "watch-token-0123" if who == "viewer" else None
+    with RawWebSocket.connect(server.port, token=token) as ws:
         before = rss(server)
         ws.send(frames)
         code, received = ws.expect_close()
         assert code == 1009, (code, received)
         assert [f.json()["code"] for f in received if f.opcode == OP_TEXT] == ["MESSAGE_TOO_LARGE"]
         assert rss(server) - before < 8 * MiB
+    healthy(server)
+
+
+SKIPPABLE = {k: v for k, v in FRAGMENTED_TOO_BIG.items() if "2^62" not in k}
+
+
+@pytest.mark.parametrize("frames", SKIPPABLE.values(), ids=SKIPPABLE.keys())
+def test_a_producers_oversized_messages_are_skipped_and_its_next_ones_arrive(
+    start_server: Callable[..., ServerProcess], frames: bytes
+) -> None:
+    """SPEC §6: answered with MESSAGE_TOO_LARGE (binary: INVALID_MESSAGE, as
+    any binary message) and skipped; the connection stays open and its exit
+    status still arrives."""
+    server = start_server(env={"MAX_MESSAGE_SIZE": "1024"})
+    with RawWebSocket.connect(server.port, token=TOKEN) as ws:
+        before = rss(server)
+        ws.send(frames + log_frame("job", "after"))
+        ws.send_json({"type": "status", "sessionId": "job", "status": "stopped"})
+        replies = ws.barrier()
+        codes = [m["code"] for m in replies if m["type"] == "error"]
+        assert codes in (["MESSAGE_TOO_LARGE"], ["INVALID_MESSAGE"]), replies
+        assert rss(server) - before < 8 * MiB
+    with RawWebSocket.connect(server.port, token=TOKEN) as check:
+        check.send_json({"type": "subscribe", "sessionId": "job", "since": 0})
+        got = [m for m in check.barrier() if "seq" in m]
+        assert [m.get("message", m.get("status")) for m in got] == ["after", "stopped"]
     healthy(server)
 
 

@@ -1248,6 +1248,7 @@ def test_wrapper_log() -> None:
         ("running", "running"),
         ("completed", "stopped"),
         ("failed", "error"),
+        ("error", "error"),
     ],
 )
 def test_wrapper_status(phase: str, status: str) -> None:
@@ -1317,7 +1318,9 @@ def test_wrapper_complete_ends_the_session() -> None:
 def test_wrapper_heartbeat_is_answered() -> None:
     got, replies = _wrapper_run([{"type": "HEARTBEAT", "containerID": "c1", "data": {}}])
     assert got == []
-    assert replies == [{"type": "HEARTBEAT", "containerID": "c1", "timestamp": STAMP}]
+    assert replies == [
+        {"type": "HEARTBEAT", "containerID": "c1", "timestamp": STAMP, "data": {"timestamp": STAMP}}
+    ]
 
 
 def test_wrapper_container_id_from_the_url() -> None:
@@ -1768,3 +1771,74 @@ def test_batched_fan_out_joins_entries_and_keeps_order() -> None:
     early.client.bytes_sent(len(got))
     assert [m["seq"] for m in parse_frames(got)] == [2, 3, 4, 5]
     assert hub.counters.deliveries == 5 and hub.queued_bytes == 0
+
+
+# --- PRODUCER_GRACE: a session whose producer vanished -----------------------------------
+
+
+def test_a_session_whose_producer_vanished_becomes_error_after_the_grace() -> None:
+    hub = Hub(Limits(producer_grace=60), authenticator=OPEN)
+    producer = Peer(hub)
+    viewer = Peer(hub)
+    producer.status("job", "running")
+    producer.log("job", "working")
+    viewer.subscribe("job")
+    viewer.received()
+    producer.client.disconnect()
+    # The next timeout stamps the grace; nothing happens before it ends.
+    assert hub.next_deadline() == 0.0
+    hub.handle_timeout(T0 + 1)
+    assert hub.next_deadline() == T0 + 61
+    hub.handle_timeout(T0 + 60)
+    assert hub.sessions["job"].status == "running"
+    hub.handle_timeout(T0 + 61)
+    session = hub.sessions["job"]
+    assert session.status == "error" and session.metadata["reason"] == "producer lost"
+    [status] = [m for m in viewer.received() if m["type"] == "status"]
+    assert status["status"] == "error" and status["metadata"]["reason"] == "producer lost"
+
+
+def test_a_producer_back_within_the_grace_continues_the_session() -> None:
+    hub = Hub(Limits(producer_grace=60), authenticator=OPEN)
+    first = Peer(hub)
+    first.status("job", "running")
+    first.client.disconnect()
+    hub.handle_timeout(T0 + 1)
+    again = Peer(hub)
+    again.log("job", "still here", now=T0 + 30)
+    hub.handle_timeout(T0 + 100)
+    assert hub.sessions["job"].status == "running"
+    assert hub.next_deadline() is None
+
+
+def test_no_grace_for_ended_sessions_other_producers_or_evicted_ones() -> None:
+    hub = Hub(Limits(producer_grace=0, max_sessions=2), authenticator=OPEN)
+    a, b = Peer(hub), Peer(hub)
+    a.status("done", "running")
+    a.status("done", "stopped")  # ended by its producer: nothing to lose
+    a.status("shared", "running")
+    b.log("shared", "co-producer")
+    a.client.disconnect()
+    hub.handle_timeout(T0 + 1)
+    hub.handle_timeout(T0 + 2)
+    assert hub.sessions["done"].status == "stopped"
+    assert hub.sessions["shared"].status == "running"  # b still produces there
+    b.client.disconnect()
+    hub.handle_timeout(T0 + 3)
+    hub.handle_timeout(T0 + 3)
+    assert hub.sessions["shared"].status == "error"
+    # An evicted and re-created session is not the one a producer left.
+    c = Peer(hub)
+    c.status("x", "running")
+    hub._evict("x")
+    hub.publish_status("x", status="running", now=T0)
+    c.client.disconnect()
+    hub.handle_timeout(T0 + 4)
+    assert hub.sessions["x"].status == "running" and hub.sessions["x"].producing == 0
+
+
+def test_docker_sessions_have_no_producer_connection_to_lose() -> None:
+    hub = Hub(Limits(producer_grace=0), authenticator=OPEN)
+    hub.publish_status("container", status="running", now=T0)  # a source, not a client
+    hub.handle_timeout(T0 + 10)
+    assert hub.sessions["container"].status == "running"

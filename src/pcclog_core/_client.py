@@ -61,6 +61,7 @@ from ._wrapper import LogEntry, Reply, StatusEntry, WrapperMessage, translate
 
 if TYPE_CHECKING:
     from ._hub import Hub
+    from ._session import Session
 
 __all__ = ["Client"]
 
@@ -79,7 +80,7 @@ class Client(Delivery):
     the hub's ready list.
     """
 
-    __slots__ = ("__weakref__", "_produced", "access", "default_session")
+    __slots__ = ("__weakref__", "_produced", "_producing", "access", "default_session")
 
     def __init__(
         self,
@@ -94,6 +95,8 @@ class Client(Delivery):
         super().__init__(hub, framed=framed)
         self.default_session = default_session
         self._produced = False
+        # Sessions this connection has published to (bounded by MAX_SESSIONS).
+        self._producing: dict[str, Session] = {}
         self.access = Access(hub.authenticator, hub.limits, now=now)
         if grant is not None:
             self.access.accept(grant, now=now, wall=wall if wall is not None else 0.0)
@@ -117,6 +120,13 @@ class Client(Delivery):
         ``MEMORY_BUDGET`` and this client produces entries."""
         box = self.outbox
         return box.held < box.limit and not (self._produced and self.hub.producers_paused)
+
+    @property
+    def may_produce(self) -> bool:
+        """Authenticated with the produce role: an oversized message of its
+        is skipped, not a reason to close it."""
+        grant = self.access.grant
+        return grant is not None and Role.PRODUCE in grant.roles
 
     @property
     def paused_by_pool(self) -> bool:
@@ -233,8 +243,12 @@ class Client(Delivery):
 
     def disconnect(self) -> None:
         """The transport is gone: forget this client entirely and give its
-        bytes back at once."""
+        bytes back at once; the sessions it was producing start their grace."""
         self._detach_all()
+        producing = self._producing
+        self._producing = {}
+        for session in producing.values():
+            self.hub.producer_left(session)
         self.outbox.release()
         self.hub.clients.pop(self, None)
         self.owner = None
@@ -407,6 +421,10 @@ class Client(Delivery):
             )
         if producer is not None and pseq is not None:
             hub.sessions[session_id].mark_applied(producer, pseq)
+        if session_id not in self._producing:
+            joined = hub.producer_joined(session_id)
+            if joined is not None:
+                self._producing[session_id] = joined
 
     # --- internals ----------------------------------------------------------
 

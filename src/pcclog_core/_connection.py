@@ -455,9 +455,16 @@ class Connection:
             self.hub.counters.auth_failures += 1
             self._refuse(exc.status, f"authentication failed: {exc}")
             return
+        container = query.get("containerID") or query.get("containerId")
+        if container and grant is None:
+            # The original wrapper's connection (SPEC §3): its token is in the
+            # URL. Without one it is refused here, as the original server did,
+            # so the wrapper fails fast instead of streaming into nothing.
+            self.hub.counters.auth_failures += 1
+            self._refuse(401, "authentication failed: a containerID connection needs ?token=")
+            return
         if grant is ALL_ACCESS:
             grant = None  # the client takes it from its hub's authenticator
-        container = query.get("containerID") or query.get("containerId")
         accept = generate_accept_token(key.encode("ascii")).decode("ascii")
         response = h11.InformationalResponse(
             status_code=101,
@@ -552,9 +559,25 @@ class Connection:
     def _receive_ws_events(
         self, ws: _WSConnection, client: Client, now: float, wall: float
     ) -> None:
+        guard = self._guard
+        assert guard is not None
+        guard.lenient = client.may_produce
         for event in ws.events():
             if type(event) is TextMessage:
                 if self.state is not ConnectionState.OPEN:
+                    continue
+                if guard.skipping:
+                    # A producer's message past MAX_MESSAGE_SIZE streams past
+                    # unkept; it is answered once it ends (SPEC §6).
+                    self._parts.clear()
+                    if event.message_finished:
+                        guard.skipping = False
+                        limit = self.hub.limits.max_message_size
+                        client.send_error(
+                            ErrorCode.MESSAGE_TOO_LARGE,
+                            f"message exceeds MAX_MESSAGE_SIZE ({limit} bytes); skipped",
+                            now=now,
+                        )
                     continue
                 if event.message_finished and not self._parts:
                     client.receive_message(event.data, now=now, wall=wall)
@@ -564,6 +587,7 @@ class Connection:
                         text = "".join(self._parts)
                         self._parts.clear()
                         client.receive_message(text, now=now, wall=wall)
+                guard.lenient = client.may_produce
                 if client.close_request is not None:
                     self._send_close(*client.close_request, now=now)
                 elif not client.wants_read:

@@ -100,6 +100,10 @@ class Hub:
         # Ended sessions by end time; one timeout for all, so insertion
         # order is deadline order and the first one is the next to go.
         self._ended: dict[str, float] = {}
+        # Running sessions whose last producer connection dropped: when they
+        # become "producer lost" (None: not stamped yet, the next
+        # ``handle_timeout`` stamps it ``now + producer_grace``).
+        self._orphans: dict[str, float | None] = {}
         self._wildcard: dict[Delivery, None] = {}
         self._pending: dict[str, dict[Delivery, None]] = {}
         self._ready: list[Delivery] = []
@@ -142,21 +146,49 @@ class Hub:
         return False
 
     def next_deadline(self) -> float | None:
-        """When ``handle_timeout`` next has work (session eviction)."""
+        """When ``handle_timeout`` next has work: an ended session's
+        eviction, or a session whose producer vanished (``0.0``: at once, to
+        stamp its grace)."""
+        deadline = None
         for ended_at in self._ended.values():
-            return ended_at + self.limits.session_timeout
-        return None
+            deadline = ended_at + self.limits.session_timeout
+            break
+        for lost_at in self._orphans.values():
+            if lost_at is None:
+                return 0.0
+            if deadline is None or lost_at < deadline:
+                deadline = lost_at
+        return deadline
 
     def handle_timeout(self, now: float) -> None:
-        """Evict ended sessions older than ``session_timeout``."""
+        """Evict ended sessions older than ``session_timeout``; end, as
+        ``error`` with ``reason: "producer lost"``, running sessions whose
+        producers have been gone for ``producer_grace`` (SPEC §2)."""
         if self._dirty:
             self.flush_batch()
+        if self._orphans:
+            self._lose_orphans(now)
         timeout = self.limits.session_timeout
         while self._ended:
             session_id, ended_at = next(iter(self._ended.items()))
             if ended_at + timeout > now:
                 break
             self._evict(session_id)
+
+    def _lose_orphans(self, now: float) -> None:
+        orphans = self._orphans
+        grace = self.limits.producer_grace
+        for session_id, lost_at in list(orphans.items()):
+            if lost_at is None:
+                orphans[session_id] = lost_at = now + grace
+            if lost_at > now:
+                continue
+            del orphans[session_id]
+            session = self.sessions.get(session_id)
+            if session is not None and session.status == "running" and not session.producing:
+                self.publish_status(
+                    session_id, status="error", metadata={"reason": "producer lost"}, now=now
+                )
 
     # --- producers' side (also the Docker source's) ------------------------
 
@@ -312,6 +344,24 @@ class Hub:
         else:
             self._wildcard.pop(client, None)
 
+    def producer_joined(self, session_id: str) -> Session | None:
+        """A connection published to ``session_id`` (its first entry there)."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session.producing += 1
+            self._orphans.pop(session_id, None)
+        return session
+
+    def producer_left(self, session: Session) -> None:
+        """A connection that published to ``session`` is gone: if it was the
+        last and the session still runs, the grace starts."""
+        session_id = session.id
+        if self.sessions.get(session_id) is not session:
+            return  # evicted since (and maybe created anew)
+        session.producing -= 1
+        if session.producing <= 0 and session.status == "running":
+            self._orphans[session_id] = None
+
     def mark_ready(self, client: Delivery) -> None:
         """``client`` has output for the runtime (``take_ready``)."""
         self._ready.append(client)
@@ -353,6 +403,7 @@ class Hub:
         if self._dirty:
             self.flush_batch()
         self._ended.pop(session_id, None)
+        self._orphans.pop(session_id, None)
         session = self.sessions.pop(session_id, None)
         if session is None:
             return

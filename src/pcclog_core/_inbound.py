@@ -1,9 +1,12 @@
 """Client-to-server frames: what the ``Connection`` reads before wsproto.
 
-* ``SizeGuard``, hooked into wsproto as an extension, refuses a message as
+* ``SizeGuard``, hooked into wsproto as an extension, catches a message as
   soon as its frames' announced lengths pass ``MAX_MESSAGE_SIZE``, before a
   payload byte is buffered (RFC 6455 §10.4: "implementations SHOULD impose a
-  limit").
+  limit"): for a producer (``lenient``) the message is skipped as it streams
+  past (wsproto hands payloads on in pieces, nothing is kept) and answered
+  with ``MESSAGE_TOO_LARGE``, so its later messages (its exit status above
+  all) still arrive (SPEC §6); anyone else is closed with 1009.
 * ``next_simple_frame`` is the producers' fast path: a complete, final,
   masked text frame of up to 64 KiB with no reserved bit (the shape of
   nearly every client message), or a short masked pong, unmasked and
@@ -36,6 +39,9 @@ class SizeGuard(Extension):
         # in), so a frame is added to the total only once it is complete.
         self.total = 0
         self.exceeded = False
+        # Skip (not close) an oversized message: the connection's producer.
+        self.lenient = False
+        self.skipping = False
 
     def enabled(self) -> bool:
         return True
@@ -53,9 +59,13 @@ class SizeGuard(Extension):
         if not opcode.iscontrol():
             if opcode is not Opcode.CONTINUATION:
                 self.total = 0
+                self.skipping = False
             if self.total + payload_length > self.limit:
-                self.exceeded = True
-                return CloseReason.MESSAGE_TOO_BIG
+                if self.lenient:
+                    self.skipping = True
+                else:
+                    self.exceeded = True
+                    return CloseReason.MESSAGE_TOO_BIG
         return RsvBits(False, False, False)
 
     def frame_inbound_complete(

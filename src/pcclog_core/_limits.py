@@ -28,11 +28,14 @@ __all__ = ["Limits", "cut_text"]
 class Limits:
     max_sessions: int = 100
     session_timeout: float = 300.0
+    # A running session whose last producer connection dropped without ending
+    # it becomes ``error`` (reason "producer lost") this long after.
+    producer_grace: float = 60.0
     history_lines: int = 10_000
     # Bytes of stored frames per session (after JSON escaping).
     history_bytes: int = 8 * 1_048_576
     subscribe_tail: int = 100
-    max_message_size: int = 65_536
+    max_message_size: int = 1_048_576
     max_subscriptions: int = 128
     connection_buffer: int = 1_048_576
     slow_consumer: Literal["drop", "disconnect"] = "drop"

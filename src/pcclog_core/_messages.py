@@ -167,7 +167,7 @@ class _WrapperLogData(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _WrapperStatusData(msgspec.Struct, frozen=True, kw_only=True):
-    status: Literal["starting", "running", "completed", "failed"]
+    status: Literal["starting", "running", "completed", "failed", "error"]
     message: str | None = None
 
 

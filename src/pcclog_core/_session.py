@@ -46,6 +46,7 @@ class Session:
         "pending",
         "pool",
         "producers",
+        "producing",
         "seq",
         "status",
         "subscribers",
@@ -72,6 +73,8 @@ class Session:
         self.pending: list[bytes] = []
         # Highest ``pseq`` applied per producer id, newest producers last.
         self.producers: dict[str, int] = {}
+        # Open connections that have published here (PRODUCER_GRACE).
+        self.producing = 0
         self._snapshot: bytes | None = None
 
     # --- history ------------------------------------------------------------

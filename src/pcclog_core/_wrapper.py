@@ -11,7 +11,7 @@ envelope   becomes
 LOG        ``log`` with ``data.level``, ``data.message``; ``metadata``
            becomes ``data``; the envelope's ``timestamp`` is kept
 STATUS     ``status``: starting/running → running, completed → stopped,
-           failed → error; ``phase`` and ``message`` in metadata
+           failed/error → error; ``phase`` and ``message`` in metadata
 ERROR      ``log`` at level ``error``: ``error`` as the message,
            ``code`` and ``details`` in ``data``
 COMPLETE   ``status`` stopped (exit 0) or error; ``exitCode``,
@@ -73,6 +73,7 @@ _STATUS: dict[str, StatusValue] = {
     "running": "running",
     "completed": "stopped",
     "failed": "error",
+    "error": "error",
 }
 
 
@@ -121,6 +122,6 @@ def translate(
         if data.message is not None:
             metadata["message"] = data.message
         return StatusEntry(status="stopped" if data.exitCode == 0 else "error", metadata=metadata)
-    return Reply(
-        payload=encode(WrapperHeartbeat(containerID=session_id, timestamp=format_wall(wall)))
-    )
+    now = format_wall(wall)
+    heartbeat = WrapperHeartbeat(containerID=session_id, timestamp=now, data={"timestamp": now})
+    return Reply(payload=encode(heartbeat))

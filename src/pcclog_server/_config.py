@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pcclog_core import Authenticator, Limits, parse_static_tokens
+from pcclog_core import Authenticator, Grant, Limits, Role, parse_static_tokens
 
 __all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "add_arguments", "load_config"]
 
@@ -115,6 +115,17 @@ SETTINGS: tuple[Setting, ...] = (
         help="Milliseconds an ended (stopped/error) session is kept before eviction.",
     ),
     Setting(
+        name="producer_grace",
+        env="PRODUCER_GRACE",
+        default="60000",
+        parse=_int(0),
+        help=(
+            "Milliseconds after the last producer connection of a running session drops "
+            "without ending it before the session becomes error (reason `producer lost`); "
+            "a producer that reconnects within it continues the session."
+        ),
+    ),
+    Setting(
         name="max_sessions",
         env="MAX_SESSIONS",
         default="100",
@@ -136,6 +147,15 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
         help="Static tokens, comma-separated: TOKEN (every role, every session) or "
         "TOKEN:ROLES:GLOB with ROLES view, produce or view+produce.",
+    ),
+    Setting(
+        name="auth_token",
+        env="AUTH_TOKEN",
+        default=None,
+        parse=_text,
+        secret=True,
+        help="The original server's single token: one more static token with every role, "
+        "so its wrapper and clients work unchanged.",
     ),
     Setting(
         name="auth_jwt_secret",
@@ -238,9 +258,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         name="max_message_size",
         env="MAX_MESSAGE_SIZE",
-        default="65536",
+        default="1048576",
         parse=_int(64, 64 * 1024 * 1024),
-        help="Largest client message, bytes.",
+        help=(
+            "Largest client message, bytes. A producer's longer message is answered with "
+            "MESSAGE_TOO_LARGE and skipped (its connection stays open); a viewer's or an "
+            "unauthenticated client's is closed with 1009."
+        ),
     ),
     Setting(
         name="max_subscriptions",
@@ -304,9 +328,11 @@ class Config:
     ws_ping_interval: int
     ws_ping_timeout: int
     session_timeout: int
+    producer_grace: int
     max_sessions: int
     log_level: str
     auth_tokens: str | None
+    auth_token: str | None
     auth_jwt_secret: str | None
     auth_jwt_public_key: str | None
     auth_disabled: bool
@@ -331,12 +357,15 @@ class Config:
 
     @property
     def auth_configured(self) -> bool:
-        return bool(self.auth_tokens or self.auth_jwt_secret or self.auth_jwt_public_key)
+        return bool(
+            self.auth_tokens or self.auth_token or self.auth_jwt_secret or self.auth_jwt_public_key
+        )
 
     def limits(self) -> Limits:
         return Limits(
             max_sessions=self.max_sessions,
             session_timeout=self.session_timeout / 1000,
+            producer_grace=self.producer_grace / 1000,
             history_lines=self.history_lines,
             history_bytes=self.history_bytes,
             max_line_bytes=self.max_line_bytes,
@@ -355,6 +384,10 @@ class Config:
 
     def authenticator(self, generated_token: str | None = None) -> Authenticator:
         tokens = parse_static_tokens(self.auth_tokens) if self.auth_tokens else []
+        if self.auth_token:
+            # One token with every role, as the original server had; not
+            # parsed as a list, so a ',' or ':' in it is part of the token.
+            tokens.append((self.auth_token, Grant(roles=frozenset(Role), subject="AUTH_TOKEN")))
         if generated_token is not None:
             tokens += parse_static_tokens(generated_token)
         public_key = self.auth_jwt_public_key
