@@ -68,8 +68,9 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
 from typing import Final, Literal
+
+import msgspec
 
 from ._errors import PcclogError
 from ._timefmt import TIMESTAMP_SP, match_ns
@@ -93,8 +94,7 @@ class DockerStreamError(PcclogError, ValueError):
     """
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DockerLine:
+class DockerLine(msgspec.Struct, frozen=True, kw_only=True):
     """One whole log line of a container.
 
     ``timestamp`` is the engine's own string (of the line's first piece when
@@ -527,8 +527,47 @@ class DockerStreamDecoder:
     def _feed_frames(self, data: bytes) -> None:
         pos = 0
         end = len(data)
+        assemblers = self._assemblers
+        lines = self._lines
+        limit = self._max
         while pos < end:
             remaining = self._remaining
+            if not remaining and not self._header and end - pos >= 8:
+                # Fast path: a whole frame holding one whole record, one line
+                # (the copier writes each line as one record): what the state
+                # machine below would do, without walking it.
+                word, length = _HEADER.unpack_from(data, pos)
+                start = pos + 8
+                stop = start + length
+                if (
+                    word < 3 << 24  # stdin, stdout or stderr, zero padding
+                    and length
+                    and stop <= end
+                    and data[stop - 1] == 10
+                    and length <= limit
+                ):
+                    target = assemblers[word >> 24]
+                    m = _TS_SP_RE.match(data, start, stop)
+                    if m is not None and target._state == _START and not target._head:
+                        at = m.end()
+                        try:
+                            ns = match_ns(m) if data.find(b"\n", at, stop - 1) < 0 else -1
+                        except ValueError:
+                            ns = -1
+                        if ns >= 0:
+                            text_end = (
+                                stop - 2 if data[stop - 2] == 13 and stop - 2 >= at else stop - 1
+                            )
+                            lines.append(
+                                DockerLine(
+                                    stream=target._stream,
+                                    timestamp=data[start : at - 1].decode("ascii"),
+                                    timestamp_ns=ns,
+                                    text=data[at:text_end].decode("utf-8", "replace"),
+                                )
+                            )
+                            pos = stop
+                            continue
             if remaining:
                 take = remaining if remaining < end - pos else end - pos
                 self._target.feed(data, pos, pos + take)

@@ -46,7 +46,9 @@ and stays out of the way (ready).
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import socket
 import ssl
 import threading
 import time
@@ -72,7 +74,7 @@ __all__ = ["DockerSource"]
 
 T = TypeVar("T")
 
-_READ_SIZE: Final = 256 * 1024
+_READ_SIZE: Final = 65536  # under malloc's mmap threshold: a recv costs no mmap
 _REQUEST_TIMEOUT: Final = 10.0  # connect + response head, and control calls
 _CONTROL_THREADS: Final = 16  # inspect/list calls in flight at once
 
@@ -86,6 +88,11 @@ class _Endpoint:
     port: int
     ssl_context: ssl.SSLContext | None
     host_header: str
+
+    @property
+    def plain(self) -> bool:
+        """No TLS: the socket carries the HTTP bytes themselves."""
+        return self.ssl_context is None
 
     @classmethod
     def from_env(cls) -> _Endpoint:
@@ -153,6 +160,7 @@ class DockerSource:
         self._tg: anyio.abc.TaskGroup | None = None
         self._control: anyio.CapacityLimiter | None = None
         self._followers: dict[str, _Follower] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._flush = anyio.Event()
         self._flush_wanted = False
         self._closing = False
@@ -180,6 +188,10 @@ class DockerSource:
         )
         self._control = anyio.CapacityLimiter(_CONTROL_THREADS)
         self._flush = anyio.Event()
+        try:
+            self._loop = asyncio.get_running_loop()  # raises under trio
+        except RuntimeError:
+            self._loop = None
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -371,10 +383,14 @@ class DockerSource:
                 with anyio.fail_after(_REQUEST_TIMEOUT):
                     while logs.status is None and not logs.finished:
                         self._publish(f, session_id, logs.receive_data(await _receive(stream)))
-                while not logs.finished:
-                    entries = logs.receive_data(await _receive(stream))
-                    if entries and self._publish(f, session_id, entries):
-                        await server.wait_for_room()
+                sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+                if self._loop is not None and sock is not None and self._endpoint.plain:
+                    await self._pump_reactor(f, session_id, logs, sock)
+                else:
+                    while not logs.finished:
+                        entries = logs.receive_data(await _receive(stream))
+                        if entries and self._publish(f, session_id, entries):
+                            await server.wait_for_room()
             except (OSError, TimeoutError, anyio.BrokenResourceError):
                 return
             finally:
@@ -390,6 +406,64 @@ class DockerSource:
                 status=logs.status,
                 error=logs.refusal,
             )
+
+    async def _pump_reactor(
+        self, f: _Follower, session_id: str, logs: LogStream, sock: socket.socket
+    ) -> None:
+        """asyncio, a plain socket: read it from the loop's reader callback.
+
+        A readable socket is read, decoded and published in the callback
+        itself (up to 8 full reads before the loop gets a turn), so a read
+        costs no task switch; the task only sleeps until the stream is over,
+        or waits for room while the hub's pool is full (the reader is then
+        removed: the kernel and the engine buffer).
+        """
+        loop = self._loop
+        assert loop is not None and self._server is not None
+        fd = sock.fileno()
+        wake = anyio.Event()
+        paused = False
+        failed: list[BaseException] = []
+
+        def on_readable() -> None:
+            try:
+                read()
+            except Exception as exc:  # a bug: stop reading, fail the task
+                failed.append(exc)
+                loop.remove_reader(fd)
+                wake.set()
+
+        def read() -> None:
+            nonlocal paused
+            for _ in range(8):
+                try:
+                    data = sock.recv(_READ_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    data = b""
+                entries = logs.receive_data(data)
+                if entries and self._publish(f, session_id, entries):
+                    paused = True
+                if paused or logs.finished:
+                    loop.remove_reader(fd)
+                    wake.set()
+                    return
+                if len(data) < _READ_SIZE:
+                    return
+
+        try:
+            while not logs.finished and not self._closing:
+                paused = False
+                wake = anyio.Event()
+                loop.add_reader(fd, on_readable)
+                await wake.wait()
+                if failed:
+                    raise failed[0]
+                if paused and not logs.finished:
+                    await self._server.wait_for_room()
+        finally:
+            loop.remove_reader(fd)
 
     # --- on the event loop: publishing ------------------------------------------------
 
