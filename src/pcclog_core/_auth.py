@@ -154,6 +154,14 @@ class Authenticator:
             self._jwt_key = jwt_public_key
             self._jwt_algorithms = ["RS256", "ES256"]
 
+    def secrets(self) -> list[str]:
+        """Every secret this authenticator holds (static tokens, the HS256
+        key): masked wherever they would appear in an entry (SPEC §8)."""
+        values = [t.decode() for t, _ in self._static]
+        if self._jwt_algorithms == ["HS256"] and isinstance(self._jwt_key, str):
+            values.append(self._jwt_key)
+        return values
+
     @property
     def required(self) -> bool:
         return not self.disabled

@@ -21,6 +21,14 @@ one buffer that every viewer gets with a single append. Anything that must
 see entries in order (a status, a subscribe, an eviction, a replay page)
 flushes the batch first, so batching changes no order anyone can observe.
 
+Redaction (SPEC §8). Every entry's ``message``, the strings of its ``data``
+and a status's metadata are masked by the session's redactor before the
+entry is encoded: what history, viewers, metrics and later the store hold
+is already masked. pcclog's own secrets are always in it; a followed
+container's secret environment values are added per session
+(``add_secrets``); a PEM private key printed over several lines is masked
+line by line (``Session.lines``).
+
 Memory (SPEC §6). Every byte the hub holds is counted in one ``Pool``:
 history (per session, bounded by ``HISTORY_LINES`` and ``HISTORY_BYTES``)
 plus every outbox's held bytes (each bounded by ``CONNECTION_BUFFER``, see
@@ -45,6 +53,7 @@ dropped.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -56,6 +65,7 @@ from ._levels import LEVEL_RANK, normalize_level
 from ._limits import Limits, cut_text
 from ._messages import Log, SessionInfo, Status, encode
 from ._outbox import Pool, fan_out
+from ._redact import Redactor
 from ._session import Session, StatusValue
 
 if TYPE_CHECKING:
@@ -88,12 +98,21 @@ class Hub:
     """Session registry and fan-out. See the module docstring."""
 
     def __init__(
-        self, limits: Limits | None = None, authenticator: Authenticator | None = None
+        self,
+        limits: Limits | None = None,
+        authenticator: Authenticator | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.limits = limits = limits or Limits()
         # No authenticator is not an open hub: it is one nobody can enter.
         # An open one says so: ``Authenticator(disabled=True)``.
-        self.authenticator = authenticator or Authenticator()
+        self.authenticator = authenticator = authenticator or Authenticator()
+        # Redaction (SPEC §8) before anything is kept or sent: the built-in
+        # rules by default, and pcclog's own secrets always.
+        self.redactor = redactor or Redactor(secrets=authenticator.secrets())
+        # Exact secret values per session (a container's secret-looking
+        # environment), kept while the session is known.
+        self._session_secrets: dict[str, tuple[str, ...]] = {}
         self.sessions: dict[str, Session] = {}
         self.counters = Counters()
         self.pool = Pool(limits.memory_budget)
@@ -216,6 +235,14 @@ class Hub:
         limits = self.limits
         if level not in LEVEL_RANK:
             level = normalize_level(level)
+        # Whole lines, after any rejoin: a secret split across two Docker
+        # frames is one string here.
+        message = session.lines.redact(message)
+        if data is not None:
+            raw = bytes(data)
+            masked = session.redactor.redact_json(raw)
+            if masked is not raw:
+                data = msgspec.Raw(masked)
         if len(message) > self._short_line:
             cut = cut_text(message, limits.max_line_bytes)
             if cut is not message:
@@ -279,6 +306,12 @@ class Hub:
         if self._dirty:
             self.flush_batch()
         session = self.sessions.get(session_id)
+        if metadata:
+            redactor = self.redactor if session is None else session.redactor
+            raw = encode(metadata)
+            masked = redactor.redact_json(raw)
+            if masked is not raw:
+                metadata = msgspec.json.decode(masked)
         if session is None:
             merged = dict(metadata or {})
         elif metadata:
@@ -311,6 +344,16 @@ class Hub:
             self._shed()
         self._fan_out(session, [frame], seq, droppable=False)
         return seq
+
+    def add_secrets(self, session_id: str, values: Iterable[str]) -> None:
+        """Mask these exact values in ``session_id``'s entries too (a
+        followed container's secret-looking environment, SPEC §8): its own
+        redactor, compiled once, so other sessions pay nothing. Never logged."""
+        kept = tuple(sorted(set(self._session_secrets.get(session_id, ())) | set(values)))
+        self._session_secrets[session_id] = kept
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session.use_redactor(self.redactor.with_extra(kept))
 
     def list_sessions(self, grant: Grant | None = None) -> list[SessionInfo]:
         return [s.info() for s in self.sessions.values() if grant is None or grant.can_view(s.id)]
@@ -386,7 +429,10 @@ class Hub:
                     session_id=session_id,
                 )
             self._evict(next(iter(self._ended)))
-        session = Session(session_id, self.pool)
+        session = Session(session_id, self.pool, self.redactor)
+        extra = self._session_secrets.get(session_id)
+        if extra:
+            session.use_redactor(self.redactor.with_extra(extra))
         self.sessions[session_id] = session
         waiting = self._pending.pop(session_id, None)
         if waiting:
@@ -404,6 +450,7 @@ class Hub:
             self.flush_batch()
         self._ended.pop(session_id, None)
         self._orphans.pop(session_id, None)
+        self._session_secrets.pop(session_id, None)
         session = self.sessions.pop(session_id, None)
         if session is None:
             return

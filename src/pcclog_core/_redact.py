@@ -631,6 +631,8 @@ class Redactor:
     ``secrets`` are pcclog's own tokens and keys, masked as
     ``pcclog-token``; ``patterns`` are ``REDACT_PATTERNS`` (strings or
     compiled, see :func:`parse_patterns`), masked as ``pattern-<n>``; with
+    ``builtin=False`` (``REDACT=off``) only ``secrets`` and the exact values
+    given per source are masked, no rule or pattern runs; with
     ``enabled=False`` everything is returned as it is. ``counts`` maps each
     rule name to how many secrets it masked (every name is present, from 0),
     shared with the redactors made by :meth:`with_extra`.
@@ -657,11 +659,14 @@ class Redactor:
         secrets: Iterable[str] = (),
         patterns: Iterable[str | re.Pattern[str]] = (),
         enabled: bool = True,
+        builtin: bool = True,
     ) -> None:
         counts: dict[str, int] = {EXACT_RULE: 0, EXTRA_RULE: 0}
         keywords: dict[str, int] = {}
         rules = []
-        for index, rule in enumerate(RULES):
+        if not builtin:
+            patterns = ()
+        for index, rule in enumerate(RULES if builtin else ()):
             compiled = re.compile(rule.pattern)
             bit = 2 << index
             rules.append((compiled, _Masker(rule.name, compiled.groups, counts)))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ._frames import text_frame
 from ._messages import SessionInfo, Status, encode
 from ._outbox import Outbox, Pool
+from ._redact import LineRedactor, Redactor
 
 if TYPE_CHECKING:
     from ._delivery import Delivery
@@ -42,20 +43,26 @@ class Session:
         "history_bytes",
         "id",
         "lagging",
+        "lines",
         "metadata",
         "pending",
         "pool",
         "producers",
         "producing",
+        "redactor",
         "seq",
         "status",
         "subscribers",
         "viewers_plain",
     )
 
-    def __init__(self, session_id: str, pool: Pool) -> None:
+    def __init__(self, session_id: str, pool: Pool, redactor: Redactor) -> None:
         self.id = session_id
         self.pool = pool
+        # What masks this session's entries (SPEC §8), and its line state (a
+        # private key printed over several lines).
+        self.redactor = redactor
+        self.lines = LineRedactor(redactor)
         self.status: StatusValue = "running"
         self.metadata: dict[str, Any] = {}
         self.seq = 0
@@ -135,6 +142,10 @@ class Session:
             del marks[next(iter(marks))]
 
     # --- views ----------------------------------------------------------------
+
+    def use_redactor(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+        self.lines = LineRedactor(redactor)
 
     def set_status(self, status: StatusValue, metadata: dict[str, Any]) -> None:
         self.status = status

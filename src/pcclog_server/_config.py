@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from pcclog_core import Authenticator, Grant, Limits, Role, parse_static_tokens
+from pcclog_core._redact import Redactor, parse_patterns
 
 __all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "add_arguments", "load_config"]
 
@@ -305,6 +307,26 @@ SETTINGS: tuple[Setting, ...] = (
         help="Client messages per second per connection (producer entries exempt).",
     ),
     Setting(
+        name="redact",
+        env="REDACT",
+        default="on",
+        parse=_bool,
+        help=(
+            "Mask secrets (SPEC §8: API keys, tokens, private keys, passwords in URLs, a "
+            "container's secret environment values) in every entry before it is kept, sent "
+            "or logged. `off` masks only pcclog's own tokens and keys."
+        ),
+    ),
+    Setting(
+        name="redact_patterns",
+        env="REDACT_PATTERNS",
+        default=None,
+        parse=_text,
+        secret=True,
+        help="More regular expressions to mask: `;`-separated, or `@PATH` of a file with "
+        "one per line.",
+    ),
+    Setting(
         name="tls_cert",
         env="TLS_CERT",
         default=None,
@@ -352,6 +374,8 @@ class Config:
     memory_budget: int
     slow_consumer: str
     rate_limit: int
+    redact: bool
+    redact_patterns: str | None
     tls_cert: str | None
     tls_key: str | None
 
@@ -381,6 +405,21 @@ class Config:
             rate_limit=float(self.rate_limit),
             rate_burst=2 * self.rate_limit,
         )
+
+    def redactor(self, authenticator: Authenticator) -> Redactor:
+        """Masks every entry (SPEC §8); ``ConfigError`` names a bad pattern."""
+        patterns: tuple[re.Pattern[str], ...] = ()
+        text = self.redact_patterns
+        if text:
+            try:
+                if text.startswith("@"):
+                    with open(text[1:], encoding="utf-8") as f:
+                        patterns = parse_patterns(f.read(), one_per_line=True)
+                else:
+                    patterns = parse_patterns(text)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"REDACT_PATTERNS: {exc}") from None
+        return Redactor(secrets=authenticator.secrets(), patterns=patterns, builtin=self.redact)
 
     def authenticator(self, generated_token: str | None = None) -> Authenticator:
         tokens = parse_static_tokens(self.auth_tokens) if self.auth_tokens else []

@@ -94,6 +94,12 @@ class _Collector:
         yield CounterMetricFamily(
             "pcclog_lines_cut", "Messages cut at MAX_LINE_BYTES", value=c.lines_cut
         )
+        redactions = CounterMetricFamily(
+            "pcclog_redactions", "Secrets masked, by rule (SPEC §8)", labels=["rule"]
+        )
+        for rule, count in sorted(hub.redactor.counts.items()):
+            redactions.add_metric([rule], count)
+        yield redactions
         ready = GaugeMetricFamily(
             "pcclog_source_ready", "1 when a log source is connected", labels=["source"]
         )

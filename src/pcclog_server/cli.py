@@ -45,6 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not config.auth_configured and not config.auth_disabled:
             generated = secrets.token_urlsafe(24)
         authenticator = config.authenticator(generated)
+        redactor = config.redactor(authenticator)
         ssl_context = None
         if config.tls_cert and config.tls_key:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -64,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "authentication is disabled (AUTH_DISABLED): anyone who reaches this port can "
             "read and write every session"
         )
-    hub = Hub(config.limits(), authenticator)
+    hub = Hub(config.limits(), authenticator, redactor)
     sources: list[Source] = []
     if config.docker_enabled != "false":
         from ._docker_source import DockerSource
