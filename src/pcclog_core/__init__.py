@@ -10,7 +10,8 @@ bytes and sleeps until ``next_deadline()``.
 * ``Connection`` — one TCP connection: HTTP, WebSocket handshake, frames,
   keepalive, close codes; wraps a ``Client``.
 * ``Authenticator`` / ``Grant`` — static tokens and JWT.
-* ``DockerStreamDecoder`` and friends — the Docker log stream, decoded.
+* ``Containers`` — the Docker lifecycle (one state table per container);
+  ``DockerStreamDecoder`` and friends — the engine's log stream, decoded.
 """
 
 from ._auth import (
@@ -32,6 +33,9 @@ from ._connection import (
     HTTPRequest,
     WebSocketAccepted,
 )
+from ._docker_http import EngineHTTPError
+from ._docker_sessions import Containers
+from ._docker_stream import DockerLine, DockerStreamDecoder, DockerStreamError
 from ._errors import (
     CloseCode,
     ErrorCode,
@@ -46,7 +50,7 @@ from ._limits import Limits
 from ._messages import decode_client_message, encode
 from ._outbox import Outbox, Pool
 from ._session import Session
-from ._timefmt import format_wall, normalize_timestamp
+from ._timefmt import format_ns, format_wall, normalize_timestamp, parse_rfc3339_ns
 
 __version__ = "0.1.0"
 
@@ -61,7 +65,12 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "ConnectionState",
+    "Containers",
     "Counters",
+    "DockerLine",
+    "DockerStreamDecoder",
+    "DockerStreamError",
+    "EngineHTTPError",
     "ErrorCode",
     "Event",
     "Grant",
@@ -80,10 +89,12 @@ __all__ = [
     "bearer_token",
     "decode_client_message",
     "encode",
+    "format_ns",
     "format_wall",
     "leading_level",
     "normalize_level",
     "normalize_timestamp",
+    "parse_rfc3339_ns",
     "parse_static_tokens",
     "text_frame",
 ]
