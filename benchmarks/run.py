@@ -287,6 +287,18 @@ def results_markdown(
     missing = [f"* **{t}**: {s}" for t, s in status.items() if s != "ok"]
     if missing:
         parts += ["", *missing]
+    redact = [
+        (key, _value(rows, "pcclog", key, "deliveries_per_s"),
+         _value(rows, "pcclog-redact-off", key, "deliveries_per_s"))
+        for key in dict.fromkeys(r["scenario"] for r in rows if r["scenario"].startswith("S1"))
+    ]  # fmt: skip
+    redact = [(k, on, off) for k, on, off in redact if on and off]
+    if redact:
+        parts += [
+            "",
+            "Redaction's cost (SPEC §8), S1 deliveries/s with `REDACT=on` ÷ `REDACT=off`, same "
+            "run: " + ", ".join(f"{k}: **{on / off:.2f}**" for k, on, off in redact) + ".",
+        ]
     core = [r for r in rows if r["scenario"] == "S5"]
     if core:
         parts += ["", "S5, the sans-IO core alone (no sockets):", "", scenario_tables(core)]
@@ -396,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{target.name}] not available: {exc}")
             continue
         for sc in scenarios:
+            if target.scenarios is not None and sc.key.split("-")[0] not in target.scenarios:
+                continue
             left = args.budget - (time.monotonic() - t_start)
             if sc.estimate(params) > left:
                 row: Row = {"skipped": f"time budget ({left:.0f} s left)"}

@@ -53,6 +53,8 @@ class Target:
     #: :class:`TargetUnavailable` if it cannot be.
     prepare: Callable[[], None] | None = None
     description: str = ""
+    #: Scenario prefixes this target runs (``None``: all of them).
+    scenarios: tuple[str, ...] | None = None
 
 
 def _check_python_imports(*modules: str) -> Callable[[], None]:
@@ -141,6 +143,27 @@ def all_targets() -> list[Target]:
             env={"PYTHONPATH": str(REPO_DIR / "src"), "LOG_LEVEL": "warn"},
             prepare=_check_python_imports("pcclog_server.cli"),
             description="pcclog_server (this project)",
+        ),
+        Target(
+            name="pcclog-redact-off",
+            command=lambda port: [
+                py,
+                "-m",
+                "pcclog_server.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--auth-tokens",
+                TOKEN,
+                "--docker-enabled",
+                "false",
+            ],
+            env={"PYTHONPATH": str(REPO_DIR / "src"), "LOG_LEVEL": "warn", "REDACT": "off"},
+            prepare=_check_python_imports("pcclog_server.cli"),
+            description="pcclog with REDACT=off: what redaction costs, in the same run",
+            scenarios=("S1",),
         ),
     ]
 

@@ -240,9 +240,14 @@ class Hub:
         message = session.lines.redact(message)
         if data is not None:
             raw = bytes(data)
-            masked = session.redactor.redact_json(raw)
-            if masked is not raw:
-                data = msgspec.Raw(masked)
+            # A source's plain lines share one ``data`` (container, stream):
+            # the last one found clean is not scanned again.
+            if raw != session.clean_data:
+                masked = session.redactor.redact_json(raw)
+                if masked is raw:
+                    session.clean_data = raw
+                else:
+                    data = msgspec.Raw(masked)
         if len(message) > self._short_line:
             cut = cut_text(message, limits.max_line_bytes)
             if cut is not message:

@@ -39,6 +39,7 @@ class Session:
 
     __slots__ = (
         "_snapshot",
+        "clean_data",
         "frames",
         "history_bytes",
         "id",
@@ -63,6 +64,7 @@ class Session:
         # private key printed over several lines).
         self.redactor = redactor
         self.lines = LineRedactor(redactor)
+        self.clean_data = b""  # the last entry ``data`` that needed no mask
         self.status: StatusValue = "running"
         self.metadata: dict[str, Any] = {}
         self.seq = 0
@@ -146,6 +148,7 @@ class Session:
     def use_redactor(self, redactor: Redactor) -> None:
         self.redactor = redactor
         self.lines = LineRedactor(redactor)
+        self.clean_data = b""
 
     def set_status(self, status: StatusValue, metadata: dict[str, Any]) -> None:
         self.status = status
