@@ -978,3 +978,40 @@ def test_fuzz_request_targets(target: str, upgrade: bool) -> None:
     else:
         data = f"GET {target} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
     _drive(data, chunk=1 << 30)
+
+
+def test_an_original_style_viewer_gets_the_wrappers_envelopes() -> None:
+    """SPEC §3: a view token with ``containerID`` (no produce role) follows
+    that session and receives its entries as the original server sent them,
+    replay and live alike; replies stay pcclog's."""
+    hub = auth_hub("prod:produce:*,watch:view:*")
+    producer = Pair(hub)
+    producer.open(target="/?token=prod")
+    producer.send({"type": "status", "sessionId": "c1", "status": "running"})
+    producer.send(
+        {"type": "log", "sessionId": "c1", "level": "warn", "message": "early", "data": {"k": 1}}
+    )
+    viewer = Pair(hub)
+    events = viewer.open(target="/?token=watch&containerID=c1")
+    replayed = viewer.messages(events)
+    producer.send({"type": "log", "sessionId": "c1", "message": "live"})
+    producer.send(
+        {"type": "status", "sessionId": "c1", "status": "error", "metadata": {"exitCode": 2}}
+    )
+    live = viewer.messages(viewer.pump())
+    assert replayed == [  # the snapshot, then history
+        {"type": "STATUS", "containerID": "c1", "data": {"status": "running"}},
+        {"type": "STATUS", "containerID": "c1", "data": {"status": "running"}},
+        {
+            "type": "LOG",
+            "containerID": "c1",
+            "timestamp": replayed[2]["timestamp"],
+            "data": {"level": "warn", "message": "early", "metadata": {"k": 1}},
+        },
+    ]
+    assert [m["type"] for m in live] == ["LOG", "COMPLETE"]
+    assert live[0]["data"] == {"level": "info", "message": "live"}
+    assert live[1] == {"type": "COMPLETE", "containerID": "c1", "data": {"exitCode": 2}}
+    assert viewer.messages(viewer.send({"type": "ping"})) == [{"type": "pong"}]
+    # A producer token with a containerID stays a producer, not a viewer.
+    assert producer.conn.client is not None and not producer.conn.client.envelopes

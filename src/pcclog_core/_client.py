@@ -91,8 +91,9 @@ class Client(Delivery):
         framed: bool = True,
         default_session: str | None = None,
         wall: float | None = None,
+        envelopes: bool = False,
     ) -> None:
-        super().__init__(hub, framed=framed)
+        super().__init__(hub, framed=framed, envelopes=envelopes)
         self.default_session = default_session
         self._produced = False
         # Sessions this connection has published to (bounded by MAX_SESSIONS).
@@ -172,6 +173,16 @@ class Client(Delivery):
             handler(self, message, now, wall)
         except MessageError as exc:
             self.send_error(exc.code, exc.message, session_id=exc.session_id, now=now)
+
+    def follow(self, session_id: str, *, now: float, wall: float) -> None:
+        """Subscribe to ``session_id`` as if asked (an original-style viewer
+        follows its ``containerID`` from the start); a session that does not
+        exist yet is followed when it starts, without an error."""
+        try:
+            self._on_subscribe(Subscribe(sessionId=session_id), now, wall)
+        except MessageError as exc:
+            if exc.code is not ErrorCode.SESSION_NOT_FOUND:
+                self.send_error(exc.code, exc.message, session_id=exc.session_id, now=now)
 
     def receive_binary(self, *, now: float) -> None:
         """A binary message: pcclog speaks JSON text only."""

@@ -63,7 +63,7 @@ from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.utilities import generate_accept_token
 
-from ._auth import ALL_ACCESS, AuthError, authorize_request, bearer_token
+from ._auth import ALL_ACCESS, AuthError, Role, authorize_request, bearer_token
 from ._client import Client
 from ._errors import CloseCode, ErrorCode, LocalProtocolError
 from ._handshake import HEAD_END, REASONS, Refusal, check_upgrade, format_response, header
@@ -480,6 +480,13 @@ class Connection:
         self._h11 = None
         self._guard = SizeGuard(self.hub.limits.max_message_size)
         self._ws = _WSConnection(ConnectionType.SERVER, extensions=[self._guard])
+        # A view token with a containerID and no produce role: an
+        # original-style viewer of that session, in the wrapper's dialect.
+        viewer_of = (
+            container[0]
+            if container and grant is not None and Role.PRODUCE not in grant.roles
+            else None
+        )
         self.client = Client(
             self.hub,
             now=now,
@@ -487,11 +494,14 @@ class Connection:
             grant=grant,
             framed=True,
             default_session=container[0] if container else None,
+            envelopes=viewer_of is not None,
         )
         self.client.owner = self
         # The 101 goes out before anything the client queues.
         self.client.queue_frame(b"".join(self._out))
         self._out.clear()
+        if viewer_of is not None:
+            self.client.follow(viewer_of, now=now, wall=wall)
         self._transition(_Input.UPGRADED)
         limits = self.hub.limits
         self._deadline = None

@@ -25,6 +25,7 @@ from ._frames import frame_header_length, text_frame
 from ._messages import Gap, encode
 from ._outbox import Outbox
 from ._session import Session
+from ._wrapper import to_envelope
 
 if TYPE_CHECKING:
     from ._hub import Hub
@@ -50,6 +51,7 @@ class Delivery:
         "_explicit",
         "_replays",
         "close_request",
+        "envelopes",
         "framed",
         "hub",
         "outbox",
@@ -57,9 +59,12 @@ class Delivery:
         "wildcard",
     )
 
-    def __init__(self, hub: Hub, *, framed: bool) -> None:
+    def __init__(self, hub: Hub, *, framed: bool, envelopes: bool = False) -> None:
         self.hub = hub
         self.framed = framed
+        # An original-style viewer (SPEC §3): entries as the original server
+        # sent them, in the wrapper's envelopes (``_wrapper.to_envelope``).
+        self.envelopes = envelopes
         # Whatever wraps this client (a ``Connection``, an embedder's socket)
         # and drains it; cleared on ``disconnect`` so no cycle outlives it.
         self.owner: object = None
@@ -138,7 +143,10 @@ class Delivery:
                     if size >= room:
                         break
                 start += len(page)
-                if not framed:
+                if self.envelopes:
+                    page = [text_frame(to_envelope(f[frame_header_length(f) :])) for f in page]
+                    size = sum(map(len, page))
+                elif not framed:
                     page = [f[frame_header_length(f) :] for f in page]
                     size = sum(map(len, page))
                 box.put_many(page, size)
@@ -147,9 +155,15 @@ class Delivery:
             if start > last:
                 del replays[session_id]
                 del session.lagging[self]
-                (session.subscribers if framed else session.viewers_plain)[self] = box
+                self._live_in(session)[self] = box
         if queued:
             self._mark_ready()
+
+    def _live_in(self, session: Session) -> dict[Delivery, Outbox]:
+        """The subscribers of ``session`` this client joins once live."""
+        if self.envelopes:
+            return session.viewers_envelope
+        return session.subscribers if self.framed else session.viewers_plain
 
     def _detach(self, session_id: str) -> None:
         self._attached.pop(session_id, None)
@@ -159,6 +173,7 @@ class Delivery:
         if session is not None:
             session.subscribers.pop(self, None)
             session.viewers_plain.pop(self, None)
+            session.viewers_envelope.pop(self, None)
             session.lagging.pop(self, None)
 
     def _detach_all(self) -> None:
@@ -192,10 +207,11 @@ class Delivery:
         self._overflow(session_id, first, last)
         return 0
 
-    def offer_plain(
+    def offer_each(
         self, session_id: str, payloads: list[bytes], first: int, last: int, limit: float
     ) -> int:
-        """``offer`` for a ``framed=False`` viewer: one payload per entry."""
+        """``offer`` with one chunk per entry: a ``framed=False`` viewer's
+        payloads, or an original-style viewer's envelope frames."""
         box = self.outbox
         if box.held < limit:
             if session_id in box.gaps:
@@ -248,6 +264,8 @@ class Delivery:
     def _queue_private_frame(self, frame: bytes) -> None:
         if self.outbox.gaps:
             self._flush_all_gaps()
+        if self.envelopes:
+            frame = text_frame(to_envelope(frame[frame_header_length(frame) :]))
         self.outbox.put(frame if self.framed else frame[frame_header_length(frame) :])
         self._mark_ready()
 

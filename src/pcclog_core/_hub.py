@@ -67,6 +67,7 @@ from ._messages import Log, SessionInfo, Status, encode
 from ._outbox import Pool, fan_out
 from ._redact import Redactor
 from ._session import Session, StatusValue
+from ._wrapper import to_envelope
 
 if TYPE_CHECKING:
     from ._delivery import Delivery
@@ -459,11 +460,17 @@ class Hub:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
-        for client in (*session.subscribers, *session.viewers_plain, *session.lagging):
+        for client in (
+            *session.subscribers,
+            *session.viewers_plain,
+            *session.viewers_envelope,
+            *session.lagging,
+        ):
             if client.session_evicted(session_id):
                 self.wait_for(session_id, client)
         session.subscribers.clear()
         session.viewers_plain.clear()
+        session.viewers_envelope.clear()
         session.lagging.clear()
         session.release()
 
@@ -501,10 +508,15 @@ class Hub:
             delivered = taken * count
             for client in overflowed:
                 delivered += client.offer(session.id, data, first, last, limit)
-        if session.viewers_plain:
+        if session.viewers_plain or session.viewers_envelope:
             payloads = [f[frame_header_length(f) :] for f in frames]
             for client in session.viewers_plain:
-                delivered += client.offer_plain(session.id, payloads, first, last, limit)
+                delivered += client.offer_each(session.id, payloads, first, last, limit)
+            if session.viewers_envelope:
+                # Translated once per fan-out, for every original-style viewer.
+                envelopes = [text_frame(to_envelope(p)) for p in payloads]
+                for client in session.viewers_envelope:
+                    delivered += client.offer_each(session.id, envelopes, first, last, limit)
         self.counters.deliveries += delivered
         if self._doomed:
             doomed = self._doomed

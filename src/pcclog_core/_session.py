@@ -54,6 +54,7 @@ class Session:
         "seq",
         "status",
         "subscribers",
+        "viewers_envelope",
         "viewers_plain",
     )
 
@@ -75,6 +76,8 @@ class Session:
         # embedder's WebSocket stack).
         self.subscribers: dict[Delivery, Outbox] = {}
         self.viewers_plain: dict[Delivery, Outbox] = {}
+        # Original-style viewers: entries translated to the wrapper's dialect.
+        self.viewers_envelope: dict[Delivery, Outbox] = {}
         # Clients replaying this session's history, not yet live (paged
         # replay: they join ``subscribers`` once they reach ``seq``).
         self.lagging: dict[Delivery, None] = {}

@@ -42,7 +42,7 @@ from ._messages import (
 from ._session import StatusValue
 from ._timefmt import format_wall, normalize_timestamp
 
-__all__ = ["LogEntry", "Reply", "StatusEntry", "WrapperMessage", "translate"]
+__all__ = ["LogEntry", "Reply", "StatusEntry", "WrapperMessage", "to_envelope", "translate"]
 
 WrapperMessage = WrapperLog | WrapperStatus | WrapperError | WrapperComplete | WrapperHeartbeat
 
@@ -125,3 +125,45 @@ def translate(
     now = format_wall(wall)
     heartbeat = WrapperHeartbeat(containerID=session_id, timestamp=now, data={"timestamp": now})
     return Reply(payload=encode(heartbeat))
+
+
+# --- the other way: entries as an original-style viewer receives them --------------
+
+_PHASE = {"running": "running", "stopped": "completed", "error": "failed"}
+
+
+def to_envelope(payload: bytes) -> bytes:
+    """A server message as the original server sent it to a viewer: ``log``
+    becomes ``LOG`` (``data`` as ``metadata``), a ``status`` that ended with
+    an ``exitCode`` becomes ``COMPLETE``, any other ``status`` (snapshots
+    included) ``STATUS`` with the wrapper's phase names. Replies (``error``,
+    ``pong``, ``gap``, ``sessions``) pass as they are."""
+    message = msgspec.json.decode(payload)
+    kind = message.get("type") if isinstance(message, dict) else None
+    if kind == "log":
+        data: dict[str, Any] = {"level": message.get("level"), "message": message.get("message")}
+        if "data" in message:
+            data["metadata"] = message["data"]
+        envelope = {
+            "type": "LOG",
+            "containerID": message.get("sessionId"),
+            "timestamp": message.get("timestamp"),
+            "data": data,
+        }
+    elif kind == "status":
+        metadata = message.get("metadata") or {}
+        status = message.get("status")
+        if status in ("stopped", "error") and "exitCode" in metadata:
+            data = {"exitCode": metadata["exitCode"]}
+            for key in ("duration", "message"):
+                if key in metadata:
+                    data[key] = metadata[key]
+            envelope = {"type": "COMPLETE", "containerID": message.get("sessionId"), "data": data}
+        else:
+            data = {"status": _PHASE.get(str(status), str(status))}
+            if isinstance(metadata.get("message"), str):
+                data["message"] = metadata["message"]
+            envelope = {"type": "STATUS", "containerID": message.get("sessionId"), "data": data}
+    else:
+        return payload
+    return encode(envelope)
