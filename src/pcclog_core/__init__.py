@@ -38,6 +38,7 @@ from ._docker_sessions import Containers
 from ._docker_stream import DockerLine, DockerStreamDecoder, DockerStreamError
 from ._errors import (
     CloseCode,
+    ConfigurationError,
     ErrorCode,
     LocalProtocolError,
     MessageError,
@@ -62,6 +63,7 @@ __all__ = [
     "Authenticator",
     "Client",
     "CloseCode",
+    "ConfigurationError",
     "Connection",
     "ConnectionClosed",
     "ConnectionState",

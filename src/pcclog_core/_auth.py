@@ -29,7 +29,7 @@ from typing import Any
 
 import jwt
 
-from ._errors import PcclogError
+from ._errors import ConfigurationError, PcclogError
 
 __all__ = [
     "ALL_ACCESS",
@@ -103,7 +103,8 @@ _ROLE_SETS = {
 def parse_static_tokens(spec: str) -> list[tuple[str, Grant]]:
     """Parse ``AUTH_TOKENS``: comma-separated ``TOKEN`` or ``TOKEN:ROLES:GLOB``.
 
-    Raises ``ValueError`` naming the bad entry by position (never the token).
+    Raises ``ConfigurationError`` (a ``ValueError``) naming the bad entry by
+    position (never the token).
     """
     tokens: list[tuple[str, Grant]] = []
     for index, item in enumerate(spec.split(","), start=1):
@@ -116,16 +117,16 @@ def parse_static_tokens(spec: str) -> list[tuple[str, Grant]]:
         elif len(parts) == 3:
             _, roles, glob = parts
             if roles not in _ROLE_SETS:
-                raise ValueError(
+                raise ConfigurationError(
                     f"entry {index}: roles must be view, produce or view+produce, not {roles!r}"
                 )
             if not glob:
-                raise ValueError(f"entry {index}: the session glob is empty")
+                raise ConfigurationError(f"entry {index}: the session glob is empty")
             grant = Grant(roles=_ROLE_SETS[roles], globs=(glob,), subject=f"static#{index}")
         else:
-            raise ValueError(f"entry {index}: expected TOKEN or TOKEN:ROLES:GLOB")
+            raise ConfigurationError(f"entry {index}: expected TOKEN or TOKEN:ROLES:GLOB")
         if not parts[0]:
-            raise ValueError(f"entry {index}: the token is empty")
+            raise ConfigurationError(f"entry {index}: the token is empty")
         tokens.append((parts[0], grant))
     return tokens
 

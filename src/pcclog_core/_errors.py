@@ -14,6 +14,7 @@ import enum
 
 __all__ = [
     "CloseCode",
+    "ConfigurationError",
     "ErrorCode",
     "LocalProtocolError",
     "MessageError",
@@ -63,6 +64,11 @@ class MessageError(PcclogError):
         self.code = code
         self.message = message
         self.session_id = session_id
+
+
+class ConfigurationError(PcclogError, ValueError):
+    """A limit or setting handed to the core is invalid (a ``ValueError``
+    too, for callers that validate input generically); the text names it."""
 
 
 class LocalProtocolError(PcclogError):

@@ -21,6 +21,8 @@ from typing import Literal
 
 import msgspec
 
+from ._errors import ConfigurationError
+
 __all__ = ["Limits", "cut_text"]
 
 
@@ -71,21 +73,21 @@ class Limits:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-                raise ValueError(f"{field.name} must not be negative, got {value}")
+                raise ConfigurationError(f"{field.name} must not be negative, got {value}")
         if self.slow_consumer not in ("drop", "disconnect"):
-            raise ValueError(
+            raise ConfigurationError(
                 f"slow_consumer must be 'drop' or 'disconnect', not {self.slow_consumer!r}"
             )
         if self.max_message_size < 64:
-            raise ValueError("max_message_size must be at least 64 bytes")
+            raise ConfigurationError("max_message_size must be at least 64 bytes")
         if self.history_lines < 1:
-            raise ValueError("history_lines must be at least 1")
+            raise ConfigurationError("history_lines must be at least 1")
         if self.max_line_bytes < 64:
-            raise ValueError("max_line_bytes must be at least 64 bytes")
+            raise ConfigurationError("max_line_bytes must be at least 64 bytes")
         if self.read_size < 1024:
-            raise ValueError("read_size must be at least 1024 bytes")
+            raise ConfigurationError("read_size must be at least 1024 bytes")
         if self.connection_buffer < 1:
-            raise ValueError("connection_buffer must be at least 1 byte")
+            raise ConfigurationError("connection_buffer must be at least 1 byte")
 
 
 def _json_length(text: str) -> int:
