@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["run"]
 
 
-
 async def run(server: Server, peer: Peer) -> None:
     assert server.ssl_context is not None
     conn = peer.conn
