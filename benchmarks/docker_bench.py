@@ -10,16 +10,21 @@ Theory of operation
 * ``--containers`` busybox containers (``network_mode="none"``), each printing the numbers
   ``1..rate*duration`` in bursts of ``rate/10`` lines every 100 ms (``seq`` then
   ``sleep 0.1``), so about ``rate`` lines a second. Started concurrently; removed at the
-  end, even on failure.
+  end, even on failure. They all wait for a gate (a file in a read-only bind mount) that
+  opens once every one of them runs and pcclog follows them all: starting 100 containers
+  takes longer than their output on a small machine, and the lines must be counted in the
+  window whose CPU is counted.
 * ``--viewers`` WebSocket viewers subscribed to ``*``, in a child process, on raw sockets
   in one ``epoll`` loop: a regular expression picks ``sessionId``, ``message`` and
   ``seq`` out of each received block (a message cut by a ``recv`` boundary is carried
   over), so a viewer costs about a microsecond per message and never slows the server.
   Each viewer checks, per session, that the messages are exactly ``1, 2, 3, ...`` (no
   loss, no duplicate, in order) and counts ``gap`` messages.
-* pcclog's CPU time and RSS are read with psutil: CPU over the window in which all
-  containers run (steady state) and over the whole run, RSS at its peak. dockerd's and
-  the viewers' CPU are reported beside it for context.
+* pcclog's CPU time and RSS are read with psutil: CPU from the gate's opening to the last
+  line delivered (``pcclog_cpu_us_per_line``: the whole cost per followed line: read,
+  decode, history, fan-out), over the window in which all containers print (steady
+  state) and over the whole run (attaching included), RSS at its peak. dockerd's and the
+  viewers' CPU are reported beside it for context.
 * The viewers get a 64 MiB ``CONNECTION_BUFFER``: they share two cores with dockerd and
   the containers, and a scheduling stall of theirs must not count as a lost line.
 
@@ -242,10 +247,15 @@ def run(containers: int, rate: int, duration: float, viewers: int) -> dict[str, 
     burst = max(1, rate // 10)
     lines = burst * max(1, round(duration * 10))
     script = (
+        "while [ ! -e /gate/open ]; do sleep 0.2; done; "
         f"i=1; while [ $i -le {lines} ]; do seq $i $((i+{burst - 1})); "
         f"i=$((i+{burst})); sleep 0.1; done"
     )
     tmp = Path(tempfile.mkdtemp(prefix="pcclog-docker-bench-"))
+    gate = tmp / "gate"
+    gate.mkdir()
+    gate.chmod(0o755)
+    tmp.chmod(0o755)
     log_path = tmp / "server.log"
     proc, port = _start_server(label, containers, log_path)
     server = psutil.Process(proc.pid)
@@ -276,6 +286,7 @@ def run(containers: int, rate: int, duration: float, viewers: int) -> dict[str, 
             ["sh", "-c", script],
             detach=True,
             network_mode="none",
+            volumes={str(gate): {"bind": "/gate", "mode": "ro"}},
             labels={label: f"bench-{i:03d}", "pcclog.test": "1"},
         )
         with lock:
@@ -295,9 +306,11 @@ def run(containers: int, rate: int, duration: float, viewers: int) -> dict[str, 
         vcpu0 = cpu(viewer_ps)
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(start_one, range(containers)))
+        result["start_all_s"] = round(time.monotonic() - t0, 1)
+        _wait_following(port, containers)
         all_started = time.monotonic()
         cpu_start, dcpu_start = cpu(server), cpu(dockerd)
-        result["start_all_s"] = round(all_started - t0, 1)
+        (gate / "open").touch()
         # Sample while they run; the steady window ends when the first container exits.
         steady_end: tuple[float, float, float] | None = None
         deadline = all_started + duration * 1.5 + 60
@@ -375,6 +388,28 @@ def run(containers: int, rate: int, duration: float, viewers: int) -> dict[str, 
             proc.kill()
         result["server_log"] = str(log_path)
         client.close()
+
+
+def _wait_following(port: int, containers: int) -> None:
+    """Until pcclog has a running session for every container (``GET /api/sessions``)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/sessions", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                body = json.loads(r.read())
+        except Exception:
+            body = None
+        sessions = body.get("sessions", body) if isinstance(body, dict) else body
+        if isinstance(sessions, list):
+            running = [s for s in sessions if isinstance(s, dict) and s.get("status") == "running"]
+            if len(running) >= containers:
+                time.sleep(1.0)  # the follow streams are opened after "running"
+                return
+        time.sleep(0.5)
+    raise RuntimeError("pcclog did not follow every container in time")
 
 
 def _reload(container: Any) -> bool:

@@ -110,6 +110,7 @@ from ._timefmt import format_ns
 __all__ = [
     "DIE_GRACE",
     "Action",
+    "Backoff",
     "Container",
     "Forget",
     "Input",
@@ -270,7 +271,7 @@ for _input in Input:
 del _phase, _input
 
 
-class _Backoff:
+class Backoff:
     """Exponential delays between ``first`` and ``cap`` seconds."""
 
     __slots__ = ("_cap", "_delay", "_first")
@@ -349,8 +350,8 @@ class Container:
     stream: LogStream | None = None
     resume: ResumeFilter = field(default_factory=ResumeFilter)
     classifier: LineClassifier | None = None
-    follow_backoff: _Backoff = field(default_factory=lambda: _Backoff(0.05, 2.0))
-    inspect_backoff: _Backoff = field(default_factory=lambda: _Backoff(0.1, 2.0))
+    follow_backoff: Backoff = field(default_factory=lambda: Backoff(0.05, 2.0))
+    inspect_backoff: Backoff = field(default_factory=lambda: Backoff(0.1, 2.0))
 
     def __post_init__(self) -> None:
         self.short_id = self.id[:12]

@@ -3,52 +3,39 @@
 Theory of operation
 -------------------
 
-Every decision is the core's (:class:`pcclog_core._docker_sessions.Containers`,
-the lifecycle table in :mod:`pcclog_core._containers`): this runtime moves
-bytes between the engine and the core, sleeps until the core's deadlines
-and calls the Docker SDK.
+Every decision is the core's (``Containers``, the lifecycle table of
+:mod:`pcclog_core._containers`); this runtime moves bytes, sleeps until the
+core's deadlines and calls the Docker SDK.
 
-The SDK (``docker.from_env()``: ``DOCKER_HOST``, ``DOCKER_TLS_VERIFY``,
-``DOCKER_CERT_PATH``) is used for the calls that return once: ``inspect``
-and the list of containers, each in a short-lived daemon thread (at most
-:data:`_CONTROL_THREADS` at a time), so a cancelled task never waits for
-one and none holds up the process's exit.
-
-Streams. The event stream and every log stream are read on the event loop,
-not in threads: the source opens its own connection to the engine (the
-address ``DOCKER_HOST`` names: a unix socket, tcp, or tls with the
-``DOCKER_CERT_PATH`` certificates), writes the request the core built and
-feeds every read to the core (:class:`pcclog_core._docker_engine.LogStream`:
-HTTP framing, the log stream, the resume filter, the classifier), which
-returns the new entries. No private attribute of the SDK, ``requests`` or
-``http.client`` is touched (why, in :mod:`pcclog_core._docker_http`), and no
-line crosses a thread.
-
-Publishing. The entries of one read are one hub batch
-(``Hub.begin_batch``); the viewers are written once per turn of the event
-loop, for every container read in that turn, by :meth:`DockerSource._flusher`
-(``Server.flush_ready``). While the hub's pool is over ``MEMORY_BUDGET``
-(``hub.producers_paused``) a reader does not read, waiting on
-``Server.wait_for_room``: the engine and the kernel buffer.
-
-Tasks. One task per followed container performs the core's actions for it
-in order (inspect, publish a status, read logs, wait until a deadline), so
-a container's entries are in order: ``running``, its lines, its end. One
-task reads the event stream and hands each event to the core, which may
-queue actions for a container's task. Shutdown cancels them all; a read
-blocked on the engine is a cancelled receive, so shutdown never waits.
-
-Engine connection. ``ready`` is true while the event stream is open
-(DOCKER_ENABLED=true: retried with backoff, ``/readyz`` 503 until then).
-With ``auto`` and no engine answering at start the source logs that once
-and stays out of the way (ready).
+* **The SDK** (``docker.from_env()``) answers the calls that return once,
+  ``inspect`` and the container list, each in a short-lived daemon thread (at
+  most :data:`_CONTROL_THREADS` at a time): a cancelled task never waits for
+  one, none holds up the process's exit.
+* **Streams** (events, logs) are read on the event loop over the source's own
+  connection to the address ``DOCKER_HOST`` names (unix, tcp, or tls with the
+  ``DOCKER_CERT_PATH`` certificates): it writes the request the core built and
+  feeds each read to the core (``LogStream``: HTTP, the log stream, resume,
+  classification), which returns new entries. No private attribute of the
+  SDK, ``requests`` or ``http.client`` is touched (why: ``_docker_http`` in
+  the core) and no line crosses a thread. A drained socket is read again
+  :data:`_COALESCE` after it turns readable, so a burst of records (one chunk
+  each) is one read (:meth:`DockerSource._pump`).
+* **Publishing**: one read's entries are one hub batch; the viewers are written
+  once per turn of the loop (:meth:`DockerSource._flusher`). While the hub's
+  pool is over ``MEMORY_BUDGET`` a reader waits on ``Server.wait_for_room``
+  instead of reading: the kernel and the engine buffer.
+* **Tasks**: one per container performs the core's actions for it in order,
+  so its entries are in order (``running``, lines, end); one reads the event
+  stream and hands each event to the core. Shutdown cancels them all: a read
+  blocked on the engine is a cancelled receive.
+* **Readiness**: ``ready`` while the event stream is open (DOCKER_ENABLED=true:
+  retried with backoff, ``/readyz`` 503 until then); with ``auto`` and no
+  engine at start the source logs that once and stays out of the way.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import socket
 import ssl
 import threading
 import time
@@ -62,7 +49,15 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from pcclog_core import MessageError
-from pcclog_core._containers import Action, Forget, Inspect, OpenLogs, PublishStatus, WaitUntil
+from pcclog_core._containers import (
+    Action,
+    Backoff,
+    Forget,
+    Inspect,
+    OpenLogs,
+    PublishStatus,
+    WaitUntil,
+)
 from pcclog_core._docker_engine import ContainerInfo, EventStream, LogStream, running_ids
 from pcclog_core._docker_sessions import Containers
 
@@ -74,6 +69,7 @@ __all__ = ["DockerSource"]
 
 T = TypeVar("T")
 
+_COALESCE: Final = 0.002  # a readable log socket is read this much later (see _pump)
 _READ_SIZE: Final = 65536  # under malloc's mmap threshold: a recv costs no mmap
 _REQUEST_TIMEOUT: Final = 10.0  # connect + response head, and control calls
 _CONTROL_THREADS: Final = 16  # inspect/list calls in flight at once
@@ -160,7 +156,6 @@ class DockerSource:
         self._tg: anyio.abc.TaskGroup | None = None
         self._control: anyio.CapacityLimiter | None = None
         self._followers: dict[str, _Follower] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._flush = anyio.Event()
         self._flush_wanted = False
         self._closing = False
@@ -189,10 +184,6 @@ class DockerSource:
         self._control = anyio.CapacityLimiter(_CONTROL_THREADS)
         self._flush = anyio.Event()
         try:
-            self._loop = asyncio.get_running_loop()  # raises under trio
-        except RuntimeError:
-            self._loop = None
-        try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._flusher)
@@ -205,7 +196,7 @@ class DockerSource:
     async def _engine_loop(self) -> None:
         assert self._server is not None
         log = self._server.log
-        delay = _Delays(0.2, 2.0)
+        delay = Backoff(0.2, 2.0)
         first = True
         outage_logged = False
         while not self._closing:
@@ -273,7 +264,7 @@ class DockerSource:
         return events, stream, early
 
     async def _engine_session(
-        self, events: EventStream, stream: anyio.abc.ByteStream, early: list[Any], delay: _Delays
+        self, events: EventStream, stream: anyio.abc.ByteStream, early: list[Any], delay: Backoff
     ) -> None:
         """Sync with the engine, then hand its events to the core until the stream ends."""
         assert self._server is not None and self._core is not None
@@ -383,14 +374,7 @@ class DockerSource:
                 with anyio.fail_after(_REQUEST_TIMEOUT):
                     while logs.status is None and not logs.finished:
                         self._publish(f, session_id, logs.receive_data(await _receive(stream)))
-                sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-                if self._loop is not None and sock is not None and self._endpoint.plain:
-                    await self._pump_reactor(f, session_id, logs, sock)
-                else:
-                    while not logs.finished:
-                        entries = logs.receive_data(await _receive(stream))
-                        if entries and self._publish(f, session_id, entries):
-                            await server.wait_for_room()
+                await self._pump(f, session_id, logs, stream)
             except (OSError, TimeoutError, anyio.BrokenResourceError):
                 return
             finally:
@@ -407,63 +391,41 @@ class DockerSource:
                 error=logs.refusal,
             )
 
-    async def _pump_reactor(
-        self, f: _Follower, session_id: str, logs: LogStream, sock: socket.socket
+    async def _pump(
+        self, f: _Follower, session_id: str, logs: LogStream, stream: anyio.abc.ByteStream
     ) -> None:
-        """asyncio, a plain socket: read it from the loop's reader callback.
+        """Read one log stream to its end, publishing the entries of each read.
 
-        A readable socket is read, decoded and published in the callback
-        itself (up to 8 full reads before the loop gets a turn), so a read
-        costs no task switch; the task only sleeps until the stream is over,
-        or waits for room while the hub's pool is full (the reader is then
-        removed: the kernel and the engine buffer).
+        The engine writes each record as its own chunk, so a socket read as
+        soon as it turns readable yields a line or two, and every read costs
+        a wake-up and a hub batch. So once the socket is drained, the reader
+        waits for it to turn readable and then :data:`_COALESCE` seconds
+        more: a burst of lines is one read and one batch, for that much
+        latency. A plain socket is read with ``recv`` directly (no
+        checkpoint per read); a TLS one through its stream.
         """
-        loop = self._loop
-        assert loop is not None and self._server is not None
-        fd = sock.fileno()
-        wake = anyio.Event()
-        paused = False
-        failed: list[BaseException] = []
-
-        def on_readable() -> None:
-            try:
-                read()
-            except Exception as exc:  # a bug: stop reading, fail the task
-                failed.append(exc)
-                loop.remove_reader(fd)
-                wake.set()
-
-        def read() -> None:
-            nonlocal paused
-            for _ in range(8):
+        server = self._server
+        assert server is not None and self._endpoint is not None
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if not self._endpoint.plain:
+            sock = None
+        while not logs.finished:
+            if sock is None:
+                data = await _receive(stream)
+            else:
                 try:
                     data = sock.recv(_READ_SIZE)
                 except (BlockingIOError, InterruptedError):
-                    return
+                    await anyio.wait_readable(sock)
+                    await anyio.sleep(_COALESCE)
+                    continue
                 except OSError:
                     data = b""
-                entries = logs.receive_data(data)
-                if entries and self._publish(f, session_id, entries):
-                    paused = True
-                if paused or logs.finished:
-                    loop.remove_reader(fd)
-                    wake.set()
-                    return
-                if len(data) < _READ_SIZE:
-                    return
-
-        try:
-            while not logs.finished and not self._closing:
-                paused = False
-                wake = anyio.Event()
-                loop.add_reader(fd, on_readable)
-                await wake.wait()
-                if failed:
-                    raise failed[0]
-                if paused and not logs.finished:
-                    await self._server.wait_for_room()
-        finally:
-            loop.remove_reader(fd)
+            entries = logs.receive_data(data)
+            if entries and self._publish(f, session_id, entries):
+                await server.wait_for_room()
+            elif sock is None and data and len(data) < _READ_SIZE:
+                await anyio.sleep(_COALESCE)
 
     # --- on the event loop: publishing ------------------------------------------------
 
@@ -597,25 +559,6 @@ class DockerSource:
 
 
 # ---------------------------------------------------------------------------
-
-
-class _Delays:
-    """Exponential delays between ``first`` and ``cap`` seconds (engine reconnects)."""
-
-    __slots__ = ("_cap", "_delay", "_first")
-
-    def __init__(self, first: float, cap: float) -> None:
-        self._first = first
-        self._cap = cap
-        self._delay = first
-
-    def next(self) -> float:
-        delay = self._delay
-        self._delay = min(self._cap, delay * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._delay = self._first
 
 
 async def _receive(stream: anyio.abc.ByteStream) -> bytes:
