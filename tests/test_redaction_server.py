@@ -125,3 +125,50 @@ def test_redactions_are_counted_by_rule(start_server: Callable[..., ServerProces
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as r:
         metrics = r.read().decode()
     assert 'pcclog_redactions_total{rule="github"} 1.0' in metrics
+
+
+# --- Docker: whole lines after the rejoin, keys over several lines ----------------------
+
+from test_docker_source import (  # noqa: E402  (fixtures and helpers of the Docker tests)
+    Viewer,
+    docker_server,
+    docker_test,
+    label,
+    run_container,
+)
+
+__all__ = ["docker_server", "label", "run_container"]  # fixtures used by name
+
+
+@docker_test
+def test_a_secret_split_across_two_docker_frames_is_still_masked(
+    docker_server: Callable[..., ServerProcess], run_container: Callable[..., Any]
+) -> None:
+    """The engine cuts a line at 16 KiB into two frames; the token straddles
+    the cut. Redaction runs on the whole line, after the rejoin."""
+    github = FAMILIES[5][2]
+    before = 16 * 1024 - 11  # then a space: the cut falls 10 characters into the token
+    server = docker_server()
+    viewer = Viewer(server)
+    script = (
+        f"head -c {before} /dev/zero | tr '\\0' x; printf ' {github} done\\n'; "
+        "echo '-----BEGIN OPENSSH PRIVATE KEY-----'; "
+        "echo 'b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW'; "
+        "echo 'QyNTUxOQAAACDBzvLNEBZ3hXp1n8N4YtV6Y9u3V1qkQf0tZ1ZkYZ3XkAAAAJjY5dG22OXR'; "
+        "echo '-----END OPENSSH PRIVATE KEY-----'; echo after"
+    )
+    run_container(script, session="split")
+    try:
+        from conftest import wait_for
+
+        wait_for(lambda: viewer.ended("split"), timeout=30, what="the container to end")
+        texts = viewer.texts("split")
+    finally:
+        viewer.close()
+    assert len(texts) == 6, [t[:40] for t in texts]
+    assert github not in texts[0] and texts[0].endswith("[REDACTED:github] done")
+    assert texts[0].startswith("x" * before)
+    # The key's body lines are masked although each one alone is plain base64.
+    assert "b3BlbnNzaC1rZXkt" not in " ".join(texts)
+    assert "QyNTUxOQAAACDBzvLN" not in " ".join(texts)
+    assert texts[-1] == "after"
