@@ -330,8 +330,9 @@ def run(containers: int, rate: int, duration: float, viewers: int) -> dict[str, 
         done = time.monotonic()
         if steady_end is None:
             steady_end = samples[-1]
-        # Let the viewers drain what is still in flight.
-        time.sleep(2.0)
+        # Let the viewers drain what is still in flight: until the server's
+        # count of entries queued to viewers stops moving (or 60 s).
+        result["drain_s"] = _drain(port, deadline=time.monotonic() + 60)
         viewer_cpu = cpu(viewer_ps) - vcpu0
         stop.set()
         viewer_results = parent_end.recv() if parent_end.poll(30) else []
@@ -410,6 +411,30 @@ def _wait_following(port: int, containers: int) -> None:
                 return
         time.sleep(0.5)
     raise RuntimeError("pcclog did not follow every container in time")
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return float("nan")
+
+
+def _drain(port: int, *, deadline: float) -> float:
+    """Seconds until ``pcclog_messages_out_total`` and the queued bytes hold
+    still for 2 s: every line read from the engine has reached the viewers."""
+    start = time.monotonic()
+    last = (-1.0, -1.0)
+    still_since = time.monotonic()
+    while time.monotonic() < deadline:
+        now = (_metric(port, "pcclog_messages_out_total"), _metric(port, "pcclog_queued_bytes"))
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif now[1] == 0 and time.monotonic() - still_since >= 2.0:
+            break
+        time.sleep(0.2)
+    return round(time.monotonic() - start, 1)
 
 
 def _reload(container: Any) -> bool:
