@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pcclog_core import ALL_ACCESS, Authenticator, AuthError, Grant, Role, parse_static_tokens
+from pcclog_core._errors import ConfigurationError
 
 WALL = 1_700_000_000.0
 SECRET = "s3cret-hmac-key-that-is-long-enough-for-hs256!"
@@ -156,18 +157,33 @@ def test_hs256_valid() -> None:
     assert grant.can_view("a-1") and not grant.can_view("b-1")
 
 
-def test_hs256_defaults_to_view_on_every_session() -> None:
-    grant = Authenticator(jwt_secret=SECRET).authenticate(_hs({"exp": WALL + 1}), wall=WALL)
+def test_hs256_without_sessions_is_refused_unless_a_default_is_configured() -> None:
+    # Issue 13: a JWT without a ``sessions`` claim used to view every
+    # session (fail-open); now it is refused, or gets the configured default.
+    with pytest.raises(AuthError, match="no sessions claim"):
+        Authenticator(jwt_secret=SECRET).authenticate(_hs({"exp": WALL + 1}), wall=WALL)
+    auth = Authenticator(jwt_secret=SECRET, jwt_default_sessions=["ci-*"])
+    grant = auth.authenticate(_hs({"exp": WALL + 1}), wall=WALL)
     assert grant.roles == frozenset({Role.VIEW})
-    assert grant.globs == ("*",)
+    assert grant.globs == ("ci-*",)
     assert grant.subject == "jwt"
-    assert not grant.can_produce("x")
+    assert grant.tenant == "jwt"
+    assert not grant.can_produce("x") and grant.can_view("ci-1") and not grant.can_view("x")
+    assert auth.authenticate(_hs({"exp": WALL + 1, "sessions": ["*"]}), wall=WALL).tenant is None
+
+
+def test_short_hs256_secret_is_refused_and_short_static_tokens_are_reported() -> None:
+    with pytest.raises(ConfigurationError, match="at least 32 bytes"):
+        Authenticator(jwt_secret="x" * 31)
+    Authenticator(jwt_secret="x" * 32)
+    auth = Authenticator(static_tokens=parse_static_tokens("short,abcdefghijklmnop:view:a-*"))
+    assert auth.short_tokens() == [1]
 
 
 def test_static_tokens_still_work_beside_jwt() -> None:
     auth = Authenticator(static_tokens=parse_static_tokens("plain"), jwt_secret=SECRET)
     assert auth.authenticate("plain", wall=WALL).subject == "static#1"
-    assert auth.authenticate(_hs({"exp": WALL + 1}), wall=WALL).subject == "jwt"
+    assert auth.authenticate(_hs({"exp": WALL + 1, "sessions": ["*"]}), wall=WALL).subject == "jwt"
 
 
 @pytest.mark.parametrize(
@@ -199,10 +215,12 @@ def test_hs256_claims_refused(claims: dict[str, Any], needle: str) -> None:
 
 def test_nbf_in_the_past_and_leeway() -> None:
     auth = Authenticator(jwt_secret=SECRET)
-    assert auth.authenticate(_hs({"exp": WALL + 60, "nbf": WALL - 1}), wall=WALL)
+    assert auth.authenticate(_hs({"sessions": ["*"], "exp": WALL + 60, "nbf": WALL - 1}), wall=WALL)
     lenient = Authenticator(jwt_secret=SECRET, leeway=30)
-    assert lenient.authenticate(_hs({"exp": WALL - 10}), wall=WALL)
-    assert lenient.authenticate(_hs({"exp": WALL + 60, "nbf": WALL + 10}), wall=WALL)
+    assert lenient.authenticate(_hs({"sessions": ["*"], "exp": WALL - 10}), wall=WALL)
+    assert lenient.authenticate(
+        _hs({"sessions": ["*"], "exp": WALL + 60, "nbf": WALL + 10}), wall=WALL
+    )
 
 
 def test_hs256_wrong_secret() -> None:
@@ -213,7 +231,7 @@ def test_hs256_wrong_secret() -> None:
 
 
 def test_tampered_payload() -> None:
-    token = _hs({"exp": WALL + 60, "roles": ["view"]})
+    token = _hs({"exp": WALL + 60, "roles": ["view"], "sessions": ["*"]})
     header, _, signature = token.split(".")
     forged = _unsigned({"alg": "HS256", "typ": "JWT"}, {"exp": WALL + 60, "roles": ["produce"]})
     with pytest.raises(AuthError, match="signature is invalid"):
@@ -249,7 +267,7 @@ def test_rs256_valid(rsa_keys: tuple[Any, str]) -> None:
 
 def test_es256_valid(ec_keys: tuple[Any, str]) -> None:
     private, public = ec_keys
-    token = jwt.encode({"exp": WALL + 60}, private, algorithm="ES256")
+    token = jwt.encode({"exp": WALL + 60, "sessions": ["*"]}, private, algorithm="ES256")
     grant = Authenticator(jwt_public_key=public).authenticate(token, wall=WALL)
     assert grant.can_view("x")
 
@@ -276,7 +294,7 @@ def test_es256_token_against_rsa_key_refused(
 ) -> None:
     _, rsa_public = rsa_keys
     ec_private, _ = ec_keys
-    token = jwt.encode({"exp": WALL + 60}, ec_private, algorithm="ES256")
+    token = jwt.encode({"exp": WALL + 60, "sessions": ["*"]}, ec_private, algorithm="ES256")
     with pytest.raises(AuthError):
         Authenticator(jwt_public_key=rsa_public).authenticate(token, wall=WALL)
 
@@ -296,7 +314,7 @@ def test_hs256_signed_with_the_public_key_is_refused(rsa_keys: tuple[Any, str]) 
 
 def test_rs256_token_refused_by_an_hs256_server(rsa_keys: tuple[Any, str]) -> None:
     private, _ = rsa_keys
-    token = jwt.encode({"exp": WALL + 60}, private, algorithm="RS256")
+    token = jwt.encode({"exp": WALL + 60, "sessions": ["*"]}, private, algorithm="RS256")
     with pytest.raises(AuthError, match="algorithm is not allowed"):
         Authenticator(jwt_secret=SECRET).authenticate(token, wall=WALL)
 

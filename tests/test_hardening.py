@@ -687,7 +687,9 @@ def test_hs256_server_refuses_forged_and_out_of_date_jwts(
     cases["wrong secret"] = jwt.encode({"exp": now + 600}, JWT_SECRET + "x", "HS256")
     for what, token in cases.items():
         _assert_refused(server, token, what)
-    _assert_accepted(server, jwt.encode({"exp": now + 600, "roles": ["view"]}, JWT_SECRET))
+    _assert_accepted(
+        server, jwt.encode({"exp": now + 600, "roles": ["view"], "sessions": ["*"]}, JWT_SECRET)
+    )
     healthy(server)
 
 
@@ -698,7 +700,7 @@ def test_rs256_server_refuses_hs256_signed_with_its_public_key(
     server = start_server(env={"AUTH_JWT_PUBLIC_KEY": pem})
     now = int(time.time())
     cases = _refused_jwts(lambda claims: jwt.encode(claims, key, "RS256"), now)
-    good = {"exp": now + 600, "roles": ["view"]}
+    good = {"exp": now + 600, "roles": ["view"], "sessions": ["*"]}
     cases["HS256 keyed with the public PEM"] = forged_jwt(
         {"alg": "HS256", "typ": "JWT"}, good, pem.encode()
     )
@@ -717,7 +719,9 @@ def test_token_expiring_mid_stream_closes_1008(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server(env={"AUTH_JWT_SECRET": JWT_SECRET})
-    token = jwt.encode({"exp": int(time.time()) + 2, "roles": ["view"]}, JWT_SECRET)
+    token = jwt.encode(
+        {"exp": int(time.time()) + 2, "roles": ["view"], "sessions": ["*"]}, JWT_SECRET
+    )
     source = producer(server, "expiring")
     started = time.monotonic()
     with RawWebSocket.connect(server.port, token=token, auto_pong=True) as ws:

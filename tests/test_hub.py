@@ -1110,7 +1110,9 @@ def test_no_deadline_when_auth_is_disabled() -> None:
 
 def test_token_expiry_mid_stream_closes_1008() -> None:
     hub = Hub(authenticator=Authenticator(jwt_secret=SECRET))
-    token = jwt.encode({"exp": WALL + 30, "roles": ["view"]}, SECRET, algorithm="HS256")
+    token = jwt.encode(
+        {"exp": WALL + 30, "sessions": ["*"], "roles": ["view"]}, SECRET, algorithm="HS256"
+    )
     viewer = Peer(hub, now=T0)
     viewer.send({"type": "subscribe", "sessionId": "*", "auth": {"token": token}}, now=T0)
     # monotonic and wall clocks differ: the deadline is on the monotonic one

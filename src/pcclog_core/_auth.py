@@ -14,6 +14,15 @@ producer message against it.
   ``alg=none`` and an HS256 token signed with the public key are refused);
   ``exp`` is required. PyJWT's own clock checks are turned off and done here
   against the ``wall`` time the runtime passes in: the core reads no clock.
+  A JWT must say which sessions it covers (a ``sessions`` claim), or the
+  operator must name a default (``jwt_default_sessions``): a token without
+  one views nothing rather than everything (fail closed). An HS256 secret
+  shorter than 32 bytes (RFC 7518 §3.2: a key at least as long as the hash)
+  is refused at start.
+
+Tenancy. A grant scoped narrower than ``*`` is a tenant, named by its
+subject (``static#N``, a JWT's ``sub``): ``Grant.tenant``. The hub bounds
+what one tenant may hold (``SESSION_QUOTA``, ``_hub``).
 """
 
 from __future__ import annotations
@@ -41,6 +50,12 @@ __all__ = [
     "bearer_token",
     "parse_static_tokens",
 ]
+
+# RFC 7518 §3.2: an HS256 key must be at least 256 bits.
+MIN_JWT_SECRET_BYTES = 32
+# Shorter static tokens are accepted (the original README's examples are
+# short) but the runtime warns at start (``Authenticator.short_tokens``).
+MIN_TOKEN_LENGTH = 16
 
 
 class Role(enum.StrEnum):
@@ -87,6 +102,13 @@ class Grant:
 
     def allows(self, session_id: str) -> bool:
         return self._pattern.match(session_id) is not None
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant this grant acts for: its subject when its globs are
+        narrower than ``*``; ``None`` for a grant over every session (an
+        operator's, the Docker source's), which no quota applies to."""
+        return None if "*" in self.globs else self.subject
 
 
 ALL_ACCESS = Grant(roles=frozenset(Role), subject="anonymous")
@@ -142,8 +164,18 @@ class Authenticator:
         jwt_public_key: str | None = None,
         disabled: bool = False,
         leeway: float = 0.0,
+        jwt_default_sessions: Iterable[str] | None = None,
     ) -> None:
+        if jwt_secret and len(jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise ConfigurationError(
+                f"the HS256 JWT secret must be at least {MIN_JWT_SECRET_BYTES} bytes, "
+                f"got {len(jwt_secret.encode())}"
+            )
         self.disabled = disabled
+        # The globs of a JWT without a ``sessions`` claim; ``None``: refused.
+        self._jwt_default_sessions = (
+            None if jwt_default_sessions is None else tuple(jwt_default_sessions)
+        )
         self._static = [(t.encode(), g) for t, g in static_tokens]
         self._leeway = leeway
         self._jwt_key: Any = None
@@ -162,6 +194,16 @@ class Authenticator:
         if self._jwt_algorithms == ["HS256"] and isinstance(self._jwt_key, str):
             values.append(self._jwt_key)
         return values
+
+    def short_tokens(self) -> list[int]:
+        """Positions (1-based) of static tokens shorter than
+        ``MIN_TOKEN_LENGTH``: the runtime warns about them at start, naming
+        the position, never the token."""
+        return [
+            i
+            for i, (t, _) in enumerate(self._static, start=1)
+            if len(t.decode()) < MIN_TOKEN_LENGTH
+        ]
 
     @property
     def required(self) -> bool:
@@ -225,11 +267,15 @@ class Authenticator:
             if nbf - self._leeway > wall:
                 raise AuthError("token is not valid yet (nbf)")
         roles_claim = claims.get("roles", ["view"])
-        sessions_claim = claims.get("sessions", ["*"])
         if not isinstance(roles_claim, list) or not all(
             r in ("view", "produce") for r in roles_claim
         ):
             raise AuthError("token roles claim must be a list of 'view' and 'produce'")
+        sessions_claim = claims.get("sessions")
+        if sessions_claim is None:
+            if self._jwt_default_sessions is None:
+                raise AuthError("token has no sessions claim (the session globs it may use)")
+            sessions_claim = list(self._jwt_default_sessions)
         if not isinstance(sessions_claim, list) or not all(
             isinstance(s, str) and s for s in sessions_claim
         ):

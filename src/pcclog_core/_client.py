@@ -164,7 +164,7 @@ class Client(Delivery):
             handler = _HANDLERS[type(message)]
             if handler not in _BATCHABLE:
                 hub.settle()
-            if handler not in _EXEMPT or self.grant is None or Role.PRODUCE not in self.grant.roles:
+            if not self._exempt(handler):
                 try:
                     self.access.take_rate_token(now)
                 except MessageError:
@@ -173,6 +173,17 @@ class Client(Delivery):
             handler(self, message, now, wall)
         except MessageError as exc:
             self.send_error(exc.code, exc.message, session_id=exc.session_id, now=now)
+
+    def _exempt(self, handler: _Handler) -> bool:
+        """Producer entries are throttled by the pool, not the rate limit;
+        so is a producer's ping: it is the acknowledgement barrier of what
+        it sent (SPEC §6), cheap, and bounded by the connection's budget."""
+        if handler is Client._on_ping:
+            return self._produced
+        if handler not in _EXEMPT:
+            return False
+        grant = self.grant
+        return grant is not None and Role.PRODUCE in grant.roles
 
     def follow(self, session_id: str, *, now: float, wall: float) -> None:
         """Subscribe to ``session_id`` as if asked (an original-style viewer
@@ -279,11 +290,9 @@ class Client(Delivery):
     def authenticate(self, token: str, *, now: float, wall: float) -> None:
         """Resolve ``token`` and make it this client's grant, or raise
         ``MessageError(UNAUTHORIZED)``. A narrower grant takes effect at once
-        on existing subscriptions."""
-        grant = self.access.authenticate(token, now=now, wall=wall)
-        for session_id in list(self._attached):
-            if not grant.can_view(session_id):
-                self._detach(session_id)
+        on every subscription, attached or pending (``Delivery.regrant``)."""
+        self.access.authenticate(token, now=now, wall=wall)
+        self.regrant()
 
     # --- message handlers ---------------------------------------------------
 
@@ -411,11 +420,17 @@ class Client(Delivery):
         already applied is a resend after a broken connection: dropped
         without a reply."""
         hub = self.hub
+        grant = self.grant
+        assert grant is not None  # _require passed
+        # Marks are kept per grant subject: a co-producer under another
+        # token cannot push this producer's marks out (``Session.mark_applied``).
+        subject = grant.subject
         if producer is not None and pseq is not None:
             session = hub.sessions.get(session_id)
-            if session is not None and session.already_applied(producer, pseq):
+            if session is not None and session.already_applied(subject, producer, pseq):
                 return
         self._produced = True
+        tenant = grant.tenant
         if type(entry) is LogEntry:
             hub.publish_log(
                 session_id,
@@ -424,14 +439,19 @@ class Client(Delivery):
                 timestamp=entry.timestamp,
                 data=entry.data,
                 now=now,
+                tenant=tenant,
             )
         else:
             assert isinstance(entry, StatusEntry)
             hub.publish_status(
-                session_id, status=entry.status, metadata=entry.metadata or None, now=now
+                session_id,
+                status=entry.status,
+                metadata=entry.metadata or None,
+                now=now,
+                tenant=tenant,
             )
         if producer is not None and pseq is not None:
-            hub.sessions[session_id].mark_applied(producer, pseq)
+            hub.sessions[session_id].mark_applied(subject, producer, pseq)
         if session_id not in self._producing:
             joined = hub.producer_joined(session_id)
             if joined is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from ._auth import Grant
+from ._auth import Grant, Role
 from ._errors import CloseCode
 from ._frames import frame_header_length, text_frame
 from ._messages import Gap, encode
@@ -186,12 +186,37 @@ class Delivery:
         hub.follow_all(self, False)
         self.wildcard = False
 
+    def regrant(self) -> None:
+        """The grant changed (re-auth): every subscription it no longer
+        covers goes at once, attached, replaying or pending; a grant that
+        may view nothing stops following ``*``. What the grant may see is
+        ``Grant.can_view``, the one decision the hub uses too."""
+        grant = self.grant
+        hub = self.hub
+        for session_id in list(self._explicit):
+            if grant is None or not grant.can_view(session_id):
+                del self._explicit[session_id]
+                hub.stop_waiting(session_id, self)
+        for session_id in list(self._attached):
+            if grant is None or not grant.can_view(session_id):
+                self._detach(session_id)
+        if self.wildcard and (grant is None or Role.VIEW not in grant.roles):
+            self.wildcard = False
+            hub.follow_all(self, False)
+
     def session_evicted(self, session_id: str) -> bool:
         """The hub dropped ``session_id``; True if this client subscribed to
-        it by name (it then waits for the session to come back)."""
+        it by name and its grant still covers it (it then waits for the
+        session to come back)."""
         self._attached.pop(session_id, None)
         self._replays.pop(session_id, None)
-        return session_id in self._explicit
+        if session_id not in self._explicit:
+            return False
+        grant = self.grant
+        if grant is None or not grant.can_view(session_id):
+            del self._explicit[session_id]
+            return False
+        return True
 
     def offer(self, session_id: str, data: bytes, first: int, last: int, limit: float) -> int:
         """Live entries ``first..last`` (joined in ``data``) for a subscriber

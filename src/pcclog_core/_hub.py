@@ -44,6 +44,17 @@ Hub and Delivery talk through a narrow interface: a client calls ``settle``,
 hub calls a client's ``attach``, ``offer``/``offer_plain`` and
 ``session_evicted``. Neither writes the other's private fields.
 
+Tenancy (SPEC §2 ``SESSION_QUOTA``). A session remembers the tenant that
+created it (``Grant.tenant``: the subject of a grant narrower than ``*``;
+``None`` for a grant over every session and for the Docker source). A
+tenant holds at most ``session_quota`` running sessions. When the registry
+is full (``max_sessions``), room is made by evicting an ended session: the
+creator's own first (oldest first); otherwise only one of a tenant that
+holds more than ``session_quota`` sessions in the registry, whose excess is
+not protected; no other ended session leaves before its ``session_timeout``.
+A refusal tells a tenant nothing about sessions outside its grant. Counted
+per tenant, never by walking sessions.
+
 Backpressure on a viewer (its outbox past ``CONNECTION_BUFFER``) follows
 ``SLOW_CONSUMER`` for ``log`` entries: ``drop`` records an exact gap,
 ``disconnect`` closes it with 1013. ``status`` entries and replies are never
@@ -120,6 +131,11 @@ class Hub:
         # Ended sessions by end time; one timeout for all, so insertion
         # order is deadline order and the first one is the next to go.
         self._ended: dict[str, float] = {}
+        # Per tenant: its ended sessions (in end order, a subsequence of
+        # ``_ended``), how many of its sessions run, and how many it holds.
+        self._ended_of: dict[str | None, dict[str, None]] = {}
+        self._running: dict[str | None, int] = {}
+        self._held: dict[str | None, int] = {}
         # Running sessions whose last producer connection dropped: when they
         # become "producer lost" (None: not stamped yet, the next
         # ``handle_timeout`` stamps it ``now + producer_grace``).
@@ -221,6 +237,7 @@ class Hub:
         timestamp: str,
         data: msgspec.Raw | None = None,
         now: float,
+        tenant: str | None = None,
     ) -> int:
         """Append a ``log`` entry and fan it out. Returns its seq.
 
@@ -228,11 +245,11 @@ class Hub:
         ``message`` longer than ``max_line_bytes`` (as encoded JSON) is cut,
         with a marker saying how much. Raises
         ``MessageError(TOO_MANY_SESSIONS)`` when a new session would exceed
-        ``max_sessions``.
+        ``max_sessions``, or ``tenant``'s ``session_quota``.
         """
         session = self.sessions.get(session_id)
         if session is None:
-            session = self._create(session_id, now)
+            session = self._create(session_id, now, tenant)
         limits = self.limits
         if level not in LEVEL_RANK:
             level = normalize_level(level)
@@ -305,10 +322,12 @@ class Hub:
         status: StatusValue,
         metadata: dict[str, Any] | None = None,
         now: float,
+        tenant: str | None = None,
     ) -> int:
         """Record a status change (metadata merged) and fan it out. Returns
         its seq. An ended session is evicted ``session_timeout`` later; a
-        ``running`` status revives it."""
+        ``running`` status revives it (within its tenant's quota).
+        ``tenant`` creates a new session on that tenant's quota."""
         if self._dirty:
             self.flush_batch()
         session = self.sessions.get(session_id)
@@ -338,11 +357,10 @@ class Hub:
                 session_id=session_id,
             )
         if session is None:
-            session = self._create(session_id, now)
-        session.set_status(status, merged)
-        self._ended.pop(session_id, None)
-        if status in _ENDED:
-            self._ended[session_id] = now
+            session = self._create(session_id, now, tenant)
+        elif status == "running" and session.status != "running":
+            self._check_quota(session_id, session.tenant)
+        self._set_status(session, status, merged, now)
         session.seq = seq
         limits = self.limits
         session.append(frame, limits.history_lines, limits.history_bytes)
@@ -355,7 +373,10 @@ class Hub:
         """Mask these exact values in ``session_id``'s entries too (a
         followed container's secret-looking environment, SPEC §8): its own
         redactor, compiled once, so other sessions pay nothing. Never logged."""
-        kept = tuple(sorted(set(self._session_secrets.get(session_id, ())) | set(values)))
+        known = self._session_secrets.get(session_id, ())
+        kept = tuple(sorted(set(known) | set(values)))
+        if kept == known:
+            return
         self._session_secrets[session_id] = kept
         session = self.sessions.get(session_id)
         if session is not None:
@@ -423,19 +444,80 @@ class Hub:
 
     # --- internals ----------------------------------------------------------
 
-    def _create(self, session_id: str, now: float) -> Session:
+    def _set_status(
+        self, session: Session, status: StatusValue, metadata: dict[str, Any], now: float
+    ) -> None:
+        """The one place a session's status changes: keeps ``_ended`` and
+        the per-tenant counts in step."""
+        session_id = session.id
+        tenant = session.tenant
+        was_running = session.status == "running"
+        session.set_status(status, metadata)
+        self._ended.pop(session_id, None)
+        ended_of = self._ended_of.get(tenant)
+        if ended_of is not None:
+            ended_of.pop(session_id, None)
+            if not ended_of:
+                del self._ended_of[tenant]
+        if status in _ENDED:
+            self._ended[session_id] = now
+            self._ended_of.setdefault(tenant, {})[session_id] = None
+            if was_running:
+                _count(self._running, tenant, -1)
+        elif not was_running:
+            _count(self._running, tenant, 1)
+
+    def _check_quota(self, session_id: str, tenant: str | None) -> None:
+        quota = self.limits.session_quota
+        if tenant is not None and self._running.get(tenant, 0) >= quota:
+            raise MessageError(
+                ErrorCode.TOO_MANY_SESSIONS,
+                f"cannot run session {session_id!r}: this token already runs {quota} sessions, "
+                "its SESSION_QUOTA; end one first",
+                session_id=session_id,
+            )
+
+    def _room_for(self, tenant: str | None) -> str | None:
+        """The ended session to evict so that ``tenant`` may create one (see
+        "Tenancy" above), or ``None``: there is no room it may take."""
+        own = self._ended_of.get(tenant)
+        if own:
+            return next(iter(own))
+        quota = self.limits.session_quota
+        ended = self._ended
+        found: str | None = None
+        for other, ids in self._ended_of.items():
+            if other is None or self._held.get(other, 0) <= quota:
+                continue
+            first = next(iter(ids))
+            if found is None or ended[first] < ended[found]:
+                found = first
+        return found
+
+    def _create(self, session_id: str, now: float, tenant: str | None = None) -> Session:
+        self._check_quota(session_id, tenant)
         if len(self.sessions) >= self.limits.max_sessions:
-            # Make room by evicting the session that ended first; live
+            # Make room by evicting an ended session (``_room_for``); live
             # sessions are never evicted.
-            if not self._ended:
-                raise MessageError(
-                    ErrorCode.TOO_MANY_SESSIONS,
-                    f"cannot create session {session_id!r}: {len(self.sessions)} sessions are "
-                    f"running and the limit is {self.limits.max_sessions}",
-                    session_id=session_id,
-                )
-            self._evict(next(iter(self._ended)))
-        session = Session(session_id, self.pool, self.redactor)
+            victim = self._room_for(tenant)
+            if victim is None:
+                if tenant is not None:
+                    # A tenant learns nothing about sessions outside its grant.
+                    message = (
+                        f"cannot create session {session_id!r}: the server has no room for "
+                        "another session now (MAX_SESSIONS); ended sessions of this token "
+                        "make room first"
+                    )
+                else:
+                    message = (
+                        f"cannot create session {session_id!r}: {len(self.sessions)} sessions "
+                        f"are held and the limit is {self.limits.max_sessions}"
+                    )
+                raise MessageError(ErrorCode.TOO_MANY_SESSIONS, message, session_id=session_id)
+            self._evict(victim)
+        session = Session(session_id, self.pool, self.redactor, tenant)
+        _count(self._held, tenant, 1)
+        _count(self._running, tenant, 1)
         extra = self._session_secrets.get(session_id)
         if extra:
             session.use_redactor(self.redactor.with_extra(extra))
@@ -460,6 +542,15 @@ class Hub:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
+        tenant = session.tenant
+        ended_of = self._ended_of.get(tenant)
+        if ended_of is not None:
+            ended_of.pop(session_id, None)
+            if not ended_of:
+                del self._ended_of[tenant]
+        _count(self._held, tenant, -1)
+        if session.status == "running":
+            _count(self._running, tenant, -1)
         for client in (
             *session.subscribers,
             *session.viewers_plain,
@@ -523,6 +614,14 @@ class Hub:
             self._doomed = []
             for client in doomed:
                 client.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: outbound buffer full")
+
+
+def _count(counts: dict[str | None, int], tenant: str | None, step: int) -> None:
+    value = counts.get(tenant, 0) + step
+    if value > 0:
+        counts[tenant] = value
+    else:
+        counts.pop(tenant, None)
 
 
 def _history_size(session: Session) -> int:

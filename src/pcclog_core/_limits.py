@@ -29,6 +29,9 @@ __all__ = ["Limits", "cut_text"]
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
     max_sessions: int = 100
+    # Running sessions one tenant (a grant narrower than ``*``, ``Grant.tenant``)
+    # may hold at once (``_hub``, "Tenancy").
+    session_quota: int = 25
     session_timeout: float = 300.0
     # A running session whose last producer connection dropped without ending
     # it becomes ``error`` (reason "producer lost") this long after.

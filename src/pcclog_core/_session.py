@@ -30,8 +30,13 @@ __all__ = ["Session", "StatusValue"]
 
 StatusValue = Literal["running", "stopped", "error"]
 
-# Producers remembered per session for resend dedupe.
+# Resend dedupe marks are kept per grant subject, so that only a producer's
+# own subject can push its marks out: at most this many producer ids per
+# subject (least recently used first, within that subject only), and at most
+# this many subjects per session (a new subject pushes out the least recent
+# one; minting subjects takes the JWT issuer's key, not a co-producer's token).
 _MAX_PRODUCER_MARKS = 64
+_MAX_MARK_SUBJECTS = 256
 
 
 class Session:
@@ -54,12 +59,18 @@ class Session:
         "seq",
         "status",
         "subscribers",
+        "tenant",
         "viewers_envelope",
         "viewers_plain",
     )
 
-    def __init__(self, session_id: str, pool: Pool, redactor: Redactor) -> None:
+    def __init__(
+        self, session_id: str, pool: Pool, redactor: Redactor, tenant: str | None = None
+    ) -> None:
         self.id = session_id
+        # The tenant that created it (``Grant.tenant``; ``None``: a grant
+        # over every session, or the Docker source): its quota counts it.
+        self.tenant = tenant
         self.pool = pool
         # What masks this session's entries (SPEC §8), and its line state (a
         # private key printed over several lines).
@@ -83,8 +94,9 @@ class Session:
         self.lagging: dict[Delivery, None] = {}
         # Log frames published in the current batch, not yet fanned out.
         self.pending: list[bytes] = []
-        # Highest ``pseq`` applied per producer id, newest producers last.
-        self.producers: dict[str, int] = {}
+        # Highest ``pseq`` applied per (grant subject, producer id), newest
+        # last within each subject, subjects least recent first.
+        self.producers: dict[str, dict[str, int]] = {}
         # Open connections that have published here (PRODUCER_GRACE).
         self.producing = 0
         self._snapshot: bytes | None = None
@@ -136,11 +148,18 @@ class Session:
 
     # --- resend dedupe --------------------------------------------------------
 
-    def already_applied(self, producer: str, pseq: int) -> bool:
-        return pseq <= self.producers.get(producer, 0)
+    def already_applied(self, subject: str, producer: str, pseq: int) -> bool:
+        marks = self.producers.get(subject)
+        return marks is not None and pseq <= marks.get(producer, 0)
 
-    def mark_applied(self, producer: str, pseq: int) -> None:
-        marks = self.producers
+    def mark_applied(self, subject: str, producer: str, pseq: int) -> None:
+        subjects = self.producers
+        marks = subjects.pop(subject, None)
+        if marks is None:
+            marks = {}
+            if len(subjects) >= _MAX_MARK_SUBJECTS:
+                del subjects[next(iter(subjects))]
+        subjects[subject] = marks
         marks.pop(producer, None)
         marks[producer] = pseq
         if len(marks) > _MAX_PRODUCER_MARKS:
