@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pcclog_core import Authenticator, Grant, Limits, Role, parse_static_tokens
+from pcclog_core._errors import ConfigurationError
 from pcclog_core._redact import Redactor, parse_patterns
 
 __all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "add_arguments", "load_config"]
@@ -133,6 +134,18 @@ SETTINGS: tuple[Setting, ...] = (
         default="100",
         parse=_int(1),
         help="Most sessions kept at once.",
+    ),
+    Setting(
+        name="session_quota",
+        env="SESSION_QUOTA",
+        default="25",
+        parse=_int(1),
+        help=(
+            "Running sessions one tenant (a token or JWT subject scoped narrower than `*`) may "
+            "hold; when the registry is full the ended sessions of the tenant that needs room "
+            "go first, and no other tenant's ended session leaves memory before its "
+            "SESSION_TIMEOUT."
+        ),
     ),
     Setting(
         name="log_level",
@@ -352,6 +365,7 @@ class Config:
     session_timeout: int
     producer_grace: int
     max_sessions: int
+    session_quota: int
     log_level: str
     auth_tokens: str | None
     auth_token: str | None
@@ -388,6 +402,7 @@ class Config:
     def limits(self) -> Limits:
         return Limits(
             max_sessions=self.max_sessions,
+            session_quota=self.session_quota,
             session_timeout=self.session_timeout / 1000,
             producer_grace=self.producer_grace / 1000,
             history_lines=self.history_lines,
@@ -433,12 +448,16 @@ class Config:
         if public_key and not public_key.lstrip().startswith("-----BEGIN"):
             with open(public_key, encoding="ascii") as f:
                 public_key = f.read()
-        return Authenticator(
-            static_tokens=tokens,
-            jwt_secret=self.auth_jwt_secret,
-            jwt_public_key=public_key,
-            disabled=self.auth_disabled,
-        )
+        try:
+            return Authenticator(
+                static_tokens=tokens,
+                jwt_secret=self.auth_jwt_secret,
+                jwt_public_key=public_key,
+                disabled=self.auth_disabled,
+            )
+        except ConfigurationError as exc:
+            # The only setting the Authenticator refuses itself: a short secret.
+            raise ConfigError(f"AUTH_JWT_SECRET: {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

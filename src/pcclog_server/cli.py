@@ -65,6 +65,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "authentication is disabled (AUTH_DISABLED): anyone who reaches this port can "
             "read and write every session"
         )
+    for position in authenticator.short_tokens():
+        # Accepted (the original README's examples are short), never printed.
+        logger.warn(
+            f"static token #{position} is shorter than 16 characters: "
+            "use a long random token (pcclog token, or openssl rand -hex 32)"
+        )
     hub = Hub(config.limits(), authenticator, redactor)
     sources: list[Source] = []
     if config.docker_enabled != "false":
