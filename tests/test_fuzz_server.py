@@ -87,7 +87,11 @@ ERROR_CODES = {
     "TOO_MANY_SESSIONS",
     "RATE_LIMITED",
 }
-SERVER_TYPES = {"log", "status", "error", "pong", "sessions", "gap", "HEARTBEAT"}
+# HEARTBEAT answers the wrapper; LOG, STATUS and COMPLETE are what an
+# original-style viewer (a view token with a containerID) receives (SPEC §3).
+SERVER_TYPES = {
+    "log", "status", "error", "pong", "sessions", "gap", "HEARTBEAT", "LOG", "STATUS", "COMPLETE",
+}  # fmt: skip
 ISO_MS_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
@@ -380,10 +384,16 @@ def _check_message(message: Any) -> str | None:
             return f"undocumented error code {message.get('code')!r}"
         if not isinstance(message.get("message"), str) or not message["message"]:
             return f"error without a message text: {message}"
-    if kind in ("log", "HEARTBEAT") and not ISO_MS_Z.fullmatch(str(message.get("timestamp"))):
+    if kind in ("log", "HEARTBEAT", "LOG") and not ISO_MS_Z.fullmatch(
+        str(message.get("timestamp"))
+    ):
         return f"timestamp not ISO 8601 with ms and Z: {message.get('timestamp')!r}"
     if kind == "log" and not (isinstance(message.get("seq"), int) and message["seq"] >= 1):
         return f"log without a seq: {str(message)[:200]}"
+    if kind in ("LOG", "STATUS", "COMPLETE") and not (
+        isinstance(message.get("containerID"), str) and isinstance(message.get("data"), dict)
+    ):
+        return f"envelope without containerID or data: {str(message)[:200]}"
     return None
 
 

@@ -172,3 +172,34 @@ def test_a_secret_split_across_two_docker_frames_is_still_masked(
     assert "b3BlbnNzaC1rZXkt" not in " ".join(texts)
     assert "QyNTUxOQAAACDBzvLN" not in " ".join(texts)
     assert texts[-1] == "after"
+
+
+@docker_test
+def test_a_containers_secret_environment_values_are_masked(
+    docker_server: Callable[..., ServerProcess], run_container: Callable[..., Any]
+) -> None:
+    """SPEC §8: the values of a followed container's secret-looking
+    environment variables (read from the engine's inspect) are masked in its
+    entries, although they match no built-in rule."""
+    import secrets as random_secrets
+
+    value = "plain" + random_secrets.token_hex(12)  # no rule would know it
+    server = docker_server()
+    viewer = Viewer(server)
+    run_container(
+        'echo "using $DEPLOY_TOKEN"; echo "again $DEPLOY_TOKEN" >&2; echo "not $HOME"',
+        session="env",
+        environment={"DEPLOY_TOKEN": value, "HOME": "/root"},
+    )
+    try:
+        from conftest import wait_for
+
+        wait_for(lambda: viewer.ended("env"), timeout=30, what="the container to end")
+        texts = viewer.texts("env")
+    finally:
+        viewer.close()
+    server.stop()
+    assert sorted(texts) == sorted(
+        ["using [REDACTED:container-env]", "again [REDACTED:container-env]", "not /root"]
+    )
+    assert value not in server.log_path.read_text()

@@ -373,11 +373,12 @@ def test_oversized_message_gets_error_then_1009(
         flags = ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
         client_ctx = ssl.create_default_context()
         ca.configure_trust(client_ctx)
-    server = start_server(*flags, env={"MAX_MESSAGE_SIZE": "1000"})
+    # A viewer's oversized message closes it (a producer's is skipped).
+    server = start_server(*flags, env={"MAX_MESSAGE_SIZE": "1000"}, token=f"{TOKEN}:view:*")
     url = f"{scheme}://127.0.0.1:{server.port}"
     with open_ws(url, token=TOKEN, ssl_context=client_ctx) as ws:
         assert barrier(ws) == []
-        ws.send(json.dumps({"type": "log", "sessionId": "s", "message": "x" * 5000}))
+        ws.send(json.dumps({"type": "list", "pad": "x" * 5000}))
         error = recv_json(ws)
         assert error["type"] == "error" and error["code"] == "MESSAGE_TOO_LARGE"
         assert "1000" in error["message"]

@@ -29,6 +29,7 @@ from ._docker_http import EngineHTTPError, Response
 from ._docker_lines import LineClassifier, LogEntry
 from ._docker_resume import ResumeFilter, since_text
 from ._docker_stream import DockerStreamDecoder, DockerStreamError
+from ._redact import secret_env_values
 from ._timefmt import NS_PER_S, format_ns, parse_rfc3339_ns
 
 __all__ = [
@@ -70,6 +71,10 @@ class ContainerInfo:
     finished_at: str
     exit_code: int | None
     oom_killed: bool
+    # Values of the secret-looking environment variables (``*_TOKEN``,
+    # ``*_KEY``, ``ANTHROPIC_API_KEY`` …): masked in the session's entries
+    # (SPEC §8); never logged, never published.
+    secrets: tuple[str, ...] = ()
 
     @classmethod
     def from_inspect(cls, info: Mapping[str, Any], label: str) -> ContainerInfo:
@@ -88,6 +93,9 @@ class ContainerInfo:
             finished_at=str(state.get("FinishedAt") or ""),
             exit_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
             oom_killed=bool(state.get("OOMKilled")),
+            secrets=tuple(
+                secret_env_values(e for e in config.get("Env") or () if isinstance(e, str))
+            ),
         )
 
 

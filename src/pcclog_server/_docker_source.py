@@ -346,7 +346,12 @@ class DockerSource:
                 self._perform(core.inspect_failed(f.id, time.monotonic()))
                 return
             info = None if raw is None else ContainerInfo.from_inspect(raw, self.label)
+            if info is not None and info.secrets and (session_id := core.session_of(f.id)):
+                # Before any of its lines is published (SPEC §8).
+                self._server.hub.add_secrets(session_id, info.secrets)
             self._perform(core.inspected(f.id, info, time.monotonic()))
+            if info is not None and info.secrets and (session_id := core.session_of(f.id)):
+                self._server.hub.add_secrets(session_id, info.secrets)
         elif isinstance(action, PublishStatus):
             self._publish_status(action)
         elif isinstance(action, OpenLogs):
