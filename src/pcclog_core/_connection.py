@@ -7,7 +7,8 @@ A ``Connection`` starts in ``HANDSHAKE``: h11 parses the request head
 (bounded by ``max_head_bytes`` and ``max_headers``, complete within
 ``open_timeout``). An upgrade request on any path (the seed's clients
 connect to ``ws://host:8080``) is validated per RFC 6455 §4.2.1, its
-``Origin`` checked against the allowlist (403 before any upgrade) and its
+``Host`` and ``Origin`` checked by ``check_browser`` under the runtime's
+``BrowserPolicy`` (403 before any upgrade) and its
 token (``Authorization: Bearer`` or ``?token=``) resolved; on success the
 101 response is queued and the connection is ``OPEN``. Any other request
 surfaces as an ``HTTPRequest`` event for the runtime to answer
@@ -66,7 +67,15 @@ from wsproto.utilities import generate_accept_token
 from ._auth import ALL_ACCESS, AuthError, Role, authorize_request, bearer_token
 from ._client import Client
 from ._errors import CloseCode, ErrorCode, LocalProtocolError
-from ._handshake import HEAD_END, REASONS, Refusal, check_upgrade, format_response, header
+from ._handshake import (
+    HEAD_END,
+    REASONS,
+    BrowserPolicy,
+    Refusal,
+    check_upgrade,
+    format_response,
+    header,
+)
 from ._hub import Hub
 from ._inbound import SizeGuard, next_simple_frame, wsproto_idle
 
@@ -161,6 +170,7 @@ class Connection:
         *,
         now: float,
         allowed_origins: Sequence[str] | None = None,
+        browser: BrowserPolicy | None = None,
     ) -> None:
         self.hub = hub
         limits = hub.limits
@@ -168,7 +178,11 @@ class Connection:
         self.client: Client | None = None
         self.close_code: int | None = None
         self.close_reason = ""
-        self._allowed_origins = frozenset(allowed_origins) if allowed_origins else None
+        # Host and Origin rules (``check_browser``): the runtime's policy, or
+        # one with only the ``allowed_origins`` allowlist.
+        self._browser = browser or BrowserPolicy(
+            allowed_origins=frozenset(allowed_origins) if allowed_origins else None
+        )
         self._h11: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=limits.max_head_bytes
         )
@@ -441,7 +455,7 @@ class Connection:
         now: float,
         wall: float,
     ) -> None:
-        checked = check_upgrade(method, headers, self._allowed_origins)
+        checked = check_upgrade(method, headers, self._browser)
         if isinstance(checked, Refusal):
             self._refuse(checked.status, checked.text, extra=checked.headers)
             return

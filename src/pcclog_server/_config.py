@@ -209,6 +209,16 @@ SETTINGS: tuple[Setting, ...] = (
         help="Comma-separated exact Origin allowlist for browsers (unset: any).",
     ),
     Setting(
+        name="allowed_hosts",
+        env="ALLOWED_HOSTS",
+        default=None,
+        parse=_origins,
+        help="Comma-separated extra accepted Host names (`name` or `name:port`, `*` any). "
+        "DNS-rebinding guard: on a loopback listener or with AUTH_DISABLED, Host must be "
+        "the listen address, localhost, a loopback address or one of these; otherwise any "
+        "Host passes unless this is set. `/healthz` and `/readyz` accept any Host.",
+    ),
+    Setting(
         name="docker_enabled",
         env="DOCKER_ENABLED",
         default="auto",
@@ -374,6 +384,7 @@ class Config:
     auth_disabled: bool
     auth_timeout: int
     allowed_origins: tuple[str, ...] | None
+    allowed_hosts: tuple[str, ...] | None
     docker_enabled: str
     docker_label: str
     docker_stdout_level: str

@@ -5,7 +5,10 @@ The core's ``Connection`` parses the request and writes the response
 (``Connection: close``, and no body for ``HEAD``: it keeps the
 ``Content-Length`` of the body given, RFC 9110 §9.3.2); here each route only
 decides status, headers and body. Bearer tokens are resolved by the core's
-one decision (``authorize_request``), the same the WebSocket upgrade uses.
+one decision (``authorize_request``), the same the WebSocket upgrade uses;
+``Host`` and ``Origin`` by the core's ``check_browser``, under the one
+``BrowserPolicy`` this module builds for the server (``browser_policy``),
+which the server also hands every ``Connection`` for its upgrades.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pcclog_core import AuthError, HTTPRequest, Role, authorize_request, bearer_token, encode
+from pcclog_core._handshake import BrowserPolicy, check_browser, split_authority
 from pcclog_core._levels import levels_json
 from pcclog_core._messages import Sessions
 
@@ -52,8 +56,34 @@ class HTTPRoutes:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.metrics_registry: Any = None
+        self._browser: BrowserPolicy | None = None
+
+    @property
+    def browser_policy(self) -> BrowserPolicy:
+        """Host/Origin rules (SPEC §2), built once the listen port is known."""
+        policy = self._browser
+        port = self.server.port or None
+        if policy is None or policy.listen_port != port:
+            config = self.server.config
+            hosts = None
+            if config.allowed_hosts is not None:
+                hosts = frozenset(_host_entry(h) for h in config.allowed_hosts)
+            policy = self._browser = BrowserPolicy(
+                listen_host=config.host,
+                listen_port=port,
+                tls=self.server.ssl_context is not None,
+                auth_disabled=config.auth_disabled,
+                allowed_hosts=hosts,
+                allowed_origins=(
+                    frozenset(config.allowed_origins) if config.allowed_origins else None
+                ),
+            )
+        return policy
 
     def answer(self, request: HTTPRequest) -> Response:
+        refused = check_browser(request.headers, self.browser_policy, path=request.path)
+        if refused is not None:
+            return refused.status, list(refused.headers), (refused.text + "\n").encode()
         if request.method not in ("GET", "HEAD"):
             return 405, [("Allow", "GET, HEAD")], b"method not allowed\n"
         route = _ROUTES.get(request.path)
@@ -101,6 +131,15 @@ class HTTPRoutes:
 
     def index(self, request: HTTPRequest) -> Response:
         return _static("index.html")
+
+
+def _host_entry(entry: str) -> str:
+    """An ``ALLOWED_HOSTS`` entry as ``check_browser`` compares it."""
+    parsed = split_authority(entry)
+    if parsed is None or entry.strip() == "*":
+        return entry.strip()
+    name, port = parsed
+    return name if port is None else f"{name}:{port}"
 
 
 def _static(name: str) -> Response:

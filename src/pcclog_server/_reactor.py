@@ -31,7 +31,7 @@ def open_peer(server: Server, sock: socket.socket, peer_name: str) -> None:
     server._next_id += 1
     server.connections_total += 1
     now = time.monotonic()
-    conn = Connection(server.hub, now=now, allowed_origins=server._allowed_origins)
+    conn = Connection(server.hub, now=now, browser=server._routes.browser_policy)
     peer = Peer(sock, conn, peer_name, server._next_id)
     server.peers[peer.id] = peer
     server._loop.add_reader(sock, on_readable, server, peer)
