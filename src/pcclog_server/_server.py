@@ -254,7 +254,7 @@ class Server:
         self._next_id += 1
         self.connections_total += 1
         now, _ = clock()
-        conn = Connection(self.hub, now=now, allowed_origins=self._allowed_origins)
+        conn = Connection(self.hub, now=now, browser=self._routes.browser_policy)
         peer = Peer(sock, conn, peer_name, self._next_id)
         self.peers[peer.id] = peer
         try:
