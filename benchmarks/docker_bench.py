@@ -56,6 +56,10 @@ from typing import Any
 
 import psutil
 
+# Run as a script (``python benchmarks/docker_bench.py``) or as a module.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.targets import metric
+
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get("PCCLOG_TEST_IMAGE", "pcclog-test/busybox:latest")
 TOKEN = "bench-token"
@@ -413,14 +417,6 @@ def _wait_following(port: int, containers: int) -> None:
     raise RuntimeError("pcclog did not follow every container in time")
 
 
-def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return float("nan")
-
-
 def _drain(port: int, *, deadline: float) -> float:
     """Seconds until ``pcclog_messages_out_total`` and the queued bytes hold
     still for 2 s: every line read from the engine has reached the viewers."""
@@ -428,7 +424,7 @@ def _drain(port: int, *, deadline: float) -> float:
     last = (-1.0, -1.0)
     still_since = time.monotonic()
     while time.monotonic() < deadline:
-        now = (_metric(port, "pcclog_messages_out_total"), _metric(port, "pcclog_queued_bytes"))
+        now = (metric(port, "pcclog_messages_out_total"), metric(port, "pcclog_queued_bytes"))
         if now != last:
             last, still_since = now, time.monotonic()
         elif now[1] == 0 and time.monotonic() - still_since >= 2.0:

@@ -31,11 +31,10 @@ import socket
 import statistics
 import threading
 import time
-import urllib.request
 from typing import Any
 
 from .loadgen import client_frame
-from .targets import TOKEN, all_targets, running
+from .targets import TOKEN, all_targets, metric, running
 
 MiB = 1024 * 1024
 CONNECTION_BUFFER = 1 * MiB
@@ -83,14 +82,6 @@ def _send(sock: socket.socket, message: dict[str, Any] | str) -> bool:
     if sent < len(frame):
         sock.sendall(frame[sent:])
     return True
-
-
-def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return float("nan")
 
 
 def _frames(sock: socket.socket, buf: bytearray) -> list[dict[str, Any]]:
@@ -145,7 +136,7 @@ def run_memory_bench(quick: bool = False) -> dict[str, Any]:
         while not any(m.get("type") == "pong" for m in _frames(producer, buf)):
             if time.monotonic() > deadline:
                 raise TimeoutError("history fill not acknowledged")
-        history = _metric(port, "pcclog_history_bytes")
+        history = metric(port, "pcclog_history_bytes")
         base_rss = server.rss()
 
         viewer = _connect(port)
@@ -199,7 +190,7 @@ def run_memory_bench(quick: bool = False) -> dict[str, Any]:
                 flood_sent += ok
                 flood_refused += not ok
             peak_rss = max(peak_rss, server.rss())
-            peak_queued = max(peak_queued, _metric(port, "pcclog_queued_bytes"))
+            peak_queued = max(peak_queued, metric(port, "pcclog_queued_bytes"))
             time.sleep(0.02)
         stop.set()
         reader.join(timeout=10)

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,32 @@ def _prepare_node() -> None:
         raise TargetUnavailable(f"npm {verb} failed: {last}")
 
 
+def _pcclog_serve(port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pcclog_server.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--auth-tokens",
+        TOKEN,
+        "--docker-enabled",
+        "false",
+    ]
+
+
+def metric(port: int, name: str) -> float:
+    """One value of a running pcclog's ``/metrics`` (NaN if absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return float("nan")
+
+
 def all_targets() -> list[Target]:
     py = sys.executable
     return [
@@ -125,20 +152,7 @@ def all_targets() -> list[Target]:
         ),
         Target(
             name="pcclog",
-            command=lambda port: [
-                py,
-                "-m",
-                "pcclog_server.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--auth-tokens",
-                TOKEN,
-                "--docker-enabled",
-                "false",
-            ],
+            command=_pcclog_serve,
             # Per-connection open/close lines are info; the peers log nothing.
             env={"PYTHONPATH": str(REPO_DIR / "src"), "LOG_LEVEL": "warn"},
             prepare=_check_python_imports("pcclog_server.cli"),
@@ -146,20 +160,7 @@ def all_targets() -> list[Target]:
         ),
         Target(
             name="pcclog-redact-off",
-            command=lambda port: [
-                py,
-                "-m",
-                "pcclog_server.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--auth-tokens",
-                TOKEN,
-                "--docker-enabled",
-                "false",
-            ],
+            command=_pcclog_serve,
             env={"PYTHONPATH": str(REPO_DIR / "src"), "LOG_LEVEL": "warn", "REDACT": "off"},
             prepare=_check_python_imports("pcclog_server.cli"),
             description="pcclog with REDACT=off: what redaction costs, in the same run",
