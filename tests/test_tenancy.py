@@ -234,3 +234,41 @@ class GrantMachine(RuleBasedStateMachine):
 
 GrantMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
 test_no_subscription_beyond_the_grant = GrantMachine.TestCase
+
+
+# --- the hub's quota and eviction order, on a fake clock ----------------------
+
+
+def test_hub_quota_revive_and_eviction_order() -> None:
+    import pytest
+
+    from pcclog_core._errors import MessageError
+
+    hub = Hub(Limits(max_sessions=4, session_quota=2, session_timeout=300.0), authenticator=_AUTH)
+    now = 1000.0
+    hub.publish_status("v-1", status="stopped", now=now, tenant="victim")
+    hub.publish_status("e-1", status="running", now=now, tenant="evil")
+    hub.publish_status("e-2", status="running", now=now, tenant="evil")
+    with pytest.raises(MessageError) as refused:
+        hub.publish_status("e-3", status="running", now=now, tenant="evil")
+    assert "SESSION_QUOTA" in refused.value.message
+    hub.publish_status("e-1", status="stopped", now=now + 1, tenant="evil")
+    hub.publish_status("e-3", status="running", now=now + 1, tenant="evil")  # registry: 4
+    # reviving past the quota is refused too
+    with pytest.raises(MessageError):
+        hub.publish_status("e-1", status="running", now=now + 2, tenant="evil")
+    # full: evil's own ended session goes, never the victim's
+    hub.publish_status("e-2", status="stopped", now=now + 3, tenant="evil")
+    hub.publish_status("e-4", status="running", now=now + 4, tenant="evil")
+    assert set(hub.sessions) == {"v-1", "e-2", "e-3", "e-4"}
+    # evil holds 3 sessions, more than its quota: its excess ended ones are
+    # not protected, so another tenant may take one's room
+    hub.publish_status("e-3", status="stopped", now=now + 5, tenant="evil")
+    hub.publish_status("x-1", status="running", now=now + 5, tenant="other")
+    assert set(hub.sessions) == {"v-1", "e-3", "e-4", "x-1"}
+    # nothing of its own ended and no tenant over its share: refused, no counts
+    with pytest.raises(MessageError) as full:
+        hub.publish_status("x-2", status="running", now=now + 6, tenant="other")
+    assert "4" not in full.value.message and "MAX_SESSIONS" in full.value.message
+    hub.handle_timeout(now + 301)  # the victim's session leaves at its timeout only
+    assert "v-1" not in hub.sessions
