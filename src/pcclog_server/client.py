@@ -834,7 +834,7 @@ class Producer:
         token: str | None,
         max_buffer: int = 100_000,
         max_in_flight: int = 1_000,
-        max_message_size: int = 65_536,
+        max_message_size: int = 1_048_576,
         backoff: tuple[float, float] = (0.25, 10.0),
         open_timeout: float = 10.0,
         flush_timeout: float = 30.0,

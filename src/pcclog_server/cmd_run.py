@@ -369,7 +369,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--max-message-size",
         type=number(int, minimum=512),
-        default=65_536,
+        default=1_048_576,
         metavar="BYTES",
         help="the server's MAX_MESSAGE_SIZE (default: %(default)s)",
     )
