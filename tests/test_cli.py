@@ -246,8 +246,9 @@ def test_run_splits_and_cuts_long_lines(start_server: Callable[..., ServerProces
     server = start_server()
     conn = ["--url", server.url, "--token", TOKEN]
     program = "import sys; sys.stdout.write('x' * 300000 + '\\nend\\n')"
-    run = cli("run", "--session", "long", "--max-line", "200000", "-q", *conn, "--",
-              sys.executable, "-c", program)  # fmt: skip
+    # A server with 64 KiB messages: the line is split to fit them.
+    run = cli("run", "--session", "long", "--max-line", "200000", "--max-message-size", "65536",
+              "-q", *conn, "--", sys.executable, "-c", program)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert run.stdout == ""  # -q: not echoed
     history = entries(jsonl(cli("tail", "long", "--json", "--exit-on-end", *conn).stdout))
