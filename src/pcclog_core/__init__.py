@@ -12,6 +12,9 @@ bytes and sleeps until ``next_deadline()``.
 * ``Authenticator`` / ``Grant`` — static tokens and JWT.
 * ``Containers`` — the Docker lifecycle (one state table per container);
   ``DockerStreamDecoder`` and friends — the engine's log stream, decoded.
+* ``Resume`` / ``ProducerProtocol`` — the client side: a viewer's position
+  across reconnects, a producer's numbered entries until confirmed; with
+  ``Backoff`` and ``RateBucket``, their schedules.
 """
 
 from ._auth import (
@@ -36,6 +39,7 @@ from ._connection import (
 from ._docker_http import EngineHTTPError
 from ._docker_sessions import Containers
 from ._docker_stream import DockerLine, DockerStreamDecoder, DockerStreamError
+from ._entries import split_message
 from ._errors import (
     CloseCode,
     ConfigurationError,
@@ -49,7 +53,11 @@ from ._hub import Counters, Hub
 from ._levels import LEVEL_RANK, LEVELS, leading_level, normalize_level
 from ._limits import Limits
 from ._messages import decode_client_message, encode
+from ._notice import Notice
 from ._outbox import Outbox, Pool
+from ._pacing import Backoff, RateBucket
+from ._producer import ProducerProtocol, ProducerState, Rejection
+from ._resume import Resume, ResumeRefused, ResyncInterrupted
 from ._session import Session
 from ._timefmt import format_ns, format_wall, normalize_timestamp, parse_rfc3339_ns
 
@@ -61,6 +69,7 @@ __all__ = [
     "LEVEL_RANK",
     "AuthError",
     "Authenticator",
+    "Backoff",
     "Client",
     "CloseCode",
     "ConfigurationError",
@@ -81,9 +90,17 @@ __all__ = [
     "Limits",
     "LocalProtocolError",
     "MessageError",
+    "Notice",
     "Outbox",
     "PcclogError",
     "Pool",
+    "ProducerProtocol",
+    "ProducerState",
+    "RateBucket",
+    "Rejection",
+    "Resume",
+    "ResumeRefused",
+    "ResyncInterrupted",
     "Role",
     "Session",
     "WebSocketAccepted",
@@ -98,5 +115,6 @@ __all__ = [
     "normalize_timestamp",
     "parse_rfc3339_ns",
     "parse_static_tokens",
+    "split_message",
     "text_frame",
 ]
