@@ -21,7 +21,7 @@ from typing import IO, Any
 import pytest
 from conftest import REPO, ServerProcess, free_port, wait_for
 
-from pcclog_server.client import Producer
+from pcclog_server.client import ClientError, Producer, list_sessions
 
 TOKEN = "test-token"
 CLI = [sys.executable, "-m", "pcclog_server.cli"]
@@ -242,11 +242,142 @@ def test_run_reports_a_command_that_cannot_start(
     assert usage.returncode == 2 and "no command given" in usage.stderr
 
 
+# --- producers that outlive restarts (and refusals) -----------------------------------
+
+VIEWER = "viewer-token-0123456789"
+
+
+def _metric(server: ServerProcess, name: str) -> float:
+    for line in server.get("/metrics")[1].decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _listed(server: ServerProcess, session: str) -> dict[str, Any] | None:
+    try:
+        found = asyncio.run(list_sessions(server.url, TOKEN, timeout=3))
+    except ClientError:
+        return None
+    return next((s for s in found if s["sessionId"] == session), None)
+
+
+def test_run_through_a_restart_with_another_token_then_the_old_one_delivers_every_line_once(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    tokens = f"{TOKEN},{VIEWER}:view:*"
+    first = start_server(env={"AUTH_TOKENS": tokens})
+    port = str(first.port)
+    go1, go2 = tmp_path / "go1", tmp_path / "go2"
+    wait = "n=0; while [ ! -e {0} ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done"
+    script = (
+        "echo line 1; echo line 2; echo line 3; "
+        f"{wait.format(go1)}; echo line 4; echo line 5; echo line 6; {wait.format(go2)}"
+    )
+    # A viewer (whose token every server accepts) follows across restarts.
+    tail = spawn("tail", "s", "--json", "--exit-on-end", "--url", first.url, "--token", VIEWER,
+                 "--reconnect-max", "0.3")  # fmt: skip
+    seen = Lines(tail.stdout)  # type: ignore[arg-type]
+    run = spawn("run", "--session", "s", "--url", first.url, "--token", TOKEN,
+                "--reconnect-max", "0.3", "--", "sh", "-c", script)  # fmt: skip
+    out, err = Lines(run.stdout), Lines(run.stderr)  # type: ignore[arg-type]
+    try:
+        seen.wait_for(lambda line: '"line 3"' in line)
+        first.stop()
+        # The server comes back with a new token: the old one is refused.
+        second = start_server(
+            "--port", port, env={"AUTH_TOKENS": f"other-token-0123456789,{VIEWER}:view:*"}
+        )
+        err.wait_for(lambda line: "refused the token" in line)
+        go1.touch()
+        out.wait_for(lambda line: line == "line 6")  # buffered meanwhile
+        wait_for(lambda: _metric(second, "pcclog_auth_failures_total") >= 3, what="retries")
+        # The old token is back: everything kept is delivered.
+        second.stop()
+        third = start_server("--port", port, env={"AUTH_TOKENS": tokens})
+        go2.touch()
+        assert run.wait(30) == 0, err.all()
+        assert tail.wait(30) == 0, seen.all()
+    finally:
+        for proc in (run, tail):
+            if proc.poll() is None:
+                proc.kill()
+    messages = [json.loads(line) for line in seen.all()]
+    logs = [m["message"] for m in messages if m["type"] == "log"]
+    assert logs == [f"line {i}" for i in range(1, 7)]  # every line, once
+    statuses = [(m["status"], m["seq"]) for m in entries(messages) if m["type"] == "status"]
+    # running on the first server; on the third, running again (re-sent on
+    # reconnect: the restarted server had forgotten the session), then the end.
+    assert statuses == [("running", 1), ("running", 1), ("stopped", 5)], (seen.all(), err.all())
+    assert [m["seq"] for m in entries(messages)] == [1, 2, 3, 4, 1, 2, 3, 4, 5]
+    # Said once, however many attempts were refused.
+    assert len([line for line in err.all() if "refused the token" in line]) == 1, err.all()
+    assert "not delivered" not in "\n".join(err.all())
+    assert _listed(third, "s") is not None
+
+
+def test_a_silent_run_sends_its_running_status_again_after_a_restart(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    first = start_server()
+    go = tmp_path / "go"
+    script = f"n=0; while [ ! -e {go} ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done"
+    run = spawn("run", "--session", "quiet", "--url", first.url, "--token", TOKEN,
+                "--reconnect-max", "0.3", "--", "sh", "-c", script)  # fmt: skip
+    try:
+        before = wait_for(lambda: _listed(first, "quiet"), what="the session")
+        assert before["status"] == "running"
+        first.stop(signal.SIGKILL)
+        second = start_server("--port", str(first.port))
+        # The command printed nothing since: only the re-sent status can
+        # bring the session back.
+        after = wait_for(lambda: _listed(second, "quiet"), what="the session after the restart")
+        assert after["status"] == "running" and after["lastSeq"] == 1
+        assert after["metadata"]["command"] == before["metadata"]["command"]
+        assert after["metadata"]["pid"] == before["metadata"]["pid"]
+        go.touch()
+        assert run.wait(30) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+    end = _listed(second, "quiet")
+    assert end is not None and end["status"] == "stopped" and end["lastSeq"] == 2
+
+
+def test_a_refused_run_exits_non_zero_with_the_reason(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server("--max-sessions", "1")
+    conn = ["--url", server.url]
+
+    async def occupy() -> None:
+        async with Producer(server.url, token=TOKEN) as producer:
+            producer.status("busy", "running")
+            assert await producer.flush(10)
+
+    asyncio.run(occupy())
+    full = cli("run", "--session", "s", *conn, "--token", TOKEN, "--", "echo", "hi")
+    assert full.returncode == 3, full.stderr
+    assert "refused 3 entries (TOO_MANY_SESSIONS" in full.stderr
+    assert full.stdout == "hi\n"
+    # A token the server refuses: retried until --flush-timeout, then said.
+    wrong = cli("run", "--session", "busy", *conn, "--token", "wrong-token-0123456789",
+                "--flush-timeout", "1", "--reconnect-max", "0.2", "--", "echo", "hi")  # fmt: skip
+    assert wrong.returncode == 3, wrong.stderr
+    assert "3 entries were not delivered" in wrong.stderr
+    assert "the server refused the token: authentication failed" in wrong.stderr
+    assert len([ln for ln in wrong.stderr.splitlines() if "retrying" in ln]) == 1, wrong.stderr
+    # A command that failed keeps its own status.
+    failed = cli("run", "--session", "busy", *conn, "--token", "wrong-token-0123456789",
+                 "--flush-timeout", "0.5", "--", "sh", "-c", "exit 5")  # fmt: skip
+    assert failed.returncode == 5, failed.stderr
+    assert "not delivered" in failed.stderr
+
+
 def test_run_splits_and_cuts_long_lines(start_server: Callable[..., ServerProcess]) -> None:
     server = start_server()
     conn = ["--url", server.url, "--token", TOKEN]
     program = "import sys; sys.stdout.write('x' * 300000 + '\\nend\\n')"
-    # A server with 64 KiB messages: the line is split to fit them.
     run = cli("run", "--session", "long", "--max-line", "200000", "--max-message-size", "65536",
               "-q", *conn, "--", sys.executable, "-c", program)  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -321,7 +452,9 @@ def test_minted_jwt_is_accepted_and_scoped(start_server: Callable[..., ServerPro
     assert "lacks the 'view' role" in cannot_view.stderr
     outside = cli("run", "--session", "other", "--url", server.url, "--token",
                   minted["producer"], "--", "echo", "x")  # fmt: skip
-    assert outside.returncode == 0  # the command's status; the refusal is reported
+    # The command succeeded but the server refused its output: non-zero,
+    # with the reason.
+    assert outside.returncode == 3
     assert "does not cover session 'other'" in outside.stderr
     assert "refused 3 entries" in outside.stderr  # running, the line, the end
 

@@ -328,21 +328,78 @@ def test_producer_resends_only_unconfirmed_entries_after_a_server_restart(
     run(scenario(), timeout=40)
 
 
-def test_producer_with_a_refused_token_stops_and_says_why(
+def test_producer_outlives_a_restart_with_another_token_then_the_old_one(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    first = start_server()
+    port = str(first.port)
+
+    async def scenario() -> None:
+        async with Producer(first.url, token=TOKEN, backoff=(0.05, 0.2)) as producer:
+            producer.status("job", "running", {"pid": 1})
+            producer.log("job", "info", "early")
+            assert await producer.flush(10)
+            await asyncio.to_thread(first.stop)
+            other = {"AUTH_TOKENS": "other-token-0123456789"}
+            second = await asyncio.to_thread(start_server, "--port", port, env=other)
+            producer.log("job", "info", "kept 1")
+            await until(lambda: producer.error is not None, what="the refusal")
+            producer.log("job", "info", "kept 2")
+            assert not await producer.flush(0.2)
+            assert producer.pending == 2 and producer.rejected == 0
+            await asyncio.to_thread(second.stop)
+            third = await asyncio.to_thread(start_server, "--port", port)
+            assert await producer.flush(15)
+            assert producer.error is None and producer.connected
+        entries = await history(third.url, "job")
+        # The restarted server learns the session's status again first (it
+        # was confirmed by the first server, so it is not in the buffer),
+        # then gets what was kept, once.
+        assert [(m["type"], m.get("status") or m["message"]) for m in entries] == [
+            ("status", "running"),
+            ("log", "kept 1"),
+            ("log", "kept 2"),
+        ]
+        assert entries[0]["metadata"] == {"pid": 1}
+        assert_contiguous(entries)
+
+    run(scenario(), timeout=45)
+
+
+def test_producer_with_a_refused_token_keeps_its_entries_and_says_why(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     server = start_server()
 
     async def scenario() -> None:
-        producer = Producer(server.url, token="wrong")
+        changes: list[tuple[bool, str]] = []
+        producer = Producer(
+            server.url,
+            token="wrong",
+            backoff=(0.05, 0.1),
+            on_connection_change=lambda up, text: changes.append((up, text)),
+        )
         producer.start()
         producer.log("x", "info", "hello")
-        assert not await producer.flush(10)
-        assert producer.error is not None
+        await until(lambda: producer.error is not None, what="the refusal")
         assert "authentication failed" in str(producer.error)
+        # It keeps retrying (a restarted server may take the token back),
+        # keeps the entry, and said so once.
+        await until(lambda: _metric(server, "pcclog_auth_failures_total") >= 3, what="retries")
+        assert not await producer.flush(0.1)
+        assert producer.pending == 1 and producer.rejected == 0
+        refusals = [text for up, text in changes if "refused the token" in text]
+        assert len(refusals) == 1 and not any(up for up, _ in changes), changes
         await producer.aclose(flush_timeout=0)
 
     run(scenario())
+
+
+def _metric(server: ServerProcess, name: str) -> float:
+    for line in server.get("/metrics")[1].decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def test_producer_without_produce_role_rejects_the_session(
@@ -375,6 +432,7 @@ def test_producer_backs_off_a_session_the_full_server_refuses(
     async def scenario() -> None:
         refusals: list[dict[str, Any]] = []
         async with Producer(server.url, token=TOKEN, on_rejected=refusals.append) as producer:
+            producer.refuse_retry = 60  # lasts the whole test, however slow the machine
             producer.log("a", "info", "a")
             producer.log("b", "info", "b")
             for i in range(200):  # far past the server's abuse limit (50 errors)

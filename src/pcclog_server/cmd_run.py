@@ -11,9 +11,18 @@ to this process's own stdout/stderr (``--quiet`` turns that off), and
 N, 127 when it cannot be found, 126 when it cannot be executed).
 
 Delivery uses ``client.Producer``: entries are buffered in memory while the
-server is unreachable and sent in order when it answers; at the end
+server is unreachable or refuses the token (a restarted server may take it
+back; said once on stderr) and sent in order when it accepts them; the
+``running`` status is re-sent on every reconnect, so a restarted server
+knows the session even when the command prints nothing. At the end
 ``pcclog run`` waits up to ``--flush-timeout`` for the server to confirm
 everything, and says on stderr how many entries were not delivered if any.
+
+When the server refused the output (the token, or the session: outside the
+token's scope, ``TOO_MANY_SESSIONS``) ``pcclog run`` says why and exits
+non-zero even if the command succeeded (``EXIT_REFUSED``, 3, as ``pcclog
+tail`` does for a refused token); a command that failed keeps its own
+status. A server that is merely unreachable does not change the status.
 """
 
 from __future__ import annotations
@@ -35,9 +44,11 @@ from pcclog_core import normalize_level
 from pcclog_core._timefmt import format_wall
 
 from .client import Producer
-from .cmd_tail import LEVELS, add_connection_arguments, number, setup_logging
+from .cmd_tail import EXIT_AUTH, LEVELS, add_connection_arguments, number, setup_logging
 
-__all__ = ["LineSplitter", "cmd_run", "register"]
+__all__ = ["EXIT_REFUSED", "LineSplitter", "cmd_run", "register"]
+
+EXIT_REFUSED = EXIT_AUTH  # the command succeeded, the server refused its output
 
 _EXIT_GRACE = 2.0  # seconds to keep reading pipes a background child holds open
 
@@ -203,16 +214,6 @@ async def _run(args: argparse.Namespace) -> int:
             "duration": None,
         },
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    pipes = []
-    for pipe, name, level, echo in (
-        (proc.stdout, "stdout", args.stdout_level, None if args.quiet else sys.stdout.buffer),
-        (proc.stderr, "stderr", args.stderr_level, None if args.quiet else sys.stderr.buffer),
-    ):
-        protocol = _Pipe(producer, session, name, level, echo, args.max_line)
-        await loop.connect_read_pipe(lambda p=protocol: p, pipe)  # type: ignore[misc]
-        pipes.append(protocol)
-
     abort = asyncio.Event()
     signals_seen = 0
     interactive = _foreground_of_terminal()
@@ -229,11 +230,22 @@ async def _run(args: argparse.Namespace) -> int:
         else:
             abort.set()  # a signal while flushing: stop waiting
 
+    # Installed before the first await: a signal that arrives once the
+    # command runs is always passed on, never the default (death) for us.
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     for signum in handled:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, forward, signum)
     try:
+        assert proc.stdout is not None and proc.stderr is not None
+        pipes = []
+        for pipe, name, level, echo in (
+            (proc.stdout, "stdout", args.stdout_level, None if args.quiet else sys.stdout.buffer),
+            (proc.stderr, "stderr", args.stderr_level, None if args.quiet else sys.stderr.buffer),
+        ):
+            protocol = _Pipe(producer, session, name, level, echo, args.max_line)
+            await loop.connect_read_pipe(lambda p=protocol: p, pipe)  # type: ignore[misc]
+            pipes.append(protocol)
         returncode = await asyncio.to_thread(proc.wait)
         await asyncio.wait([p.done for p in pipes], timeout=_EXIT_GRACE)
         for protocol in pipes:
@@ -251,16 +263,17 @@ async def _run(args: argparse.Namespace) -> int:
             with contextlib.suppress(ValueError):
                 metadata["signal"] = signal.Signals(-returncode).name
         producer.status(session, "stopped" if exit_code == 0 else "error", metadata)
-        await _finish(producer, args, abort)
+        refused = await _finish(producer, args, abort)
     finally:
         for signum in handled:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signum)
-    return exit_code
+    return EXIT_REFUSED if refused and exit_code == 0 else exit_code
 
 
-async def _finish(producer: Producer, args: argparse.Namespace, abort: asyncio.Event) -> None:
-    """Wait (bounded) for the server to confirm everything, then report."""
+async def _finish(producer: Producer, args: argparse.Namespace, abort: asyncio.Event) -> bool:
+    """Wait (bounded) for the server to confirm everything, then report.
+    True when the server refused some of the output (not merely missed it)."""
     flush = asyncio.ensure_future(producer.flush(args.flush_timeout))
     stop = asyncio.ensure_future(abort.wait())
     await asyncio.wait({flush, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -268,9 +281,14 @@ async def _finish(producer: Producer, args: argparse.Namespace, abort: asyncio.E
     if not flush.done():
         flush.cancel()
     pending = producer.pending
+    error = producer.error
     await producer.aclose(flush_timeout=0)
-    if producer.error is not None:
-        print(f"pcclog run: nothing was published: {producer.error}", file=sys.stderr)
+    hint = "" if args.token else " (no token given: set --token or $PCCLOG_TOKEN)"
+    if error is not None and pending:
+        print(
+            f"pcclog run: {pending} entries were not delivered to {producer.url}: {error}{hint}",
+            file=sys.stderr,
+        )
     elif pending:
         why = "interrupted" if abort.is_set() else f"not confirmed within {args.flush_timeout:g}s"
         print(
@@ -282,9 +300,13 @@ async def _finish(producer: Producer, args: argparse.Namespace, abort: asyncio.E
             f"pcclog run: {producer.dropped} entries were dropped (buffer of {args.buffer} full)",
             file=sys.stderr,
         )
-    if producer.rejected and producer.error is None:
-        hint = "" if args.token else " (no token given: set --token or $PCCLOG_TOKEN)"
-        print(f"pcclog run: the server refused {producer.rejected} entries{hint}", file=sys.stderr)
+    if producer.rejected:
+        print(
+            f"pcclog run: the server refused {producer.rejected} entries "
+            f"({producer.last_rejection}){hint}",
+            file=sys.stderr,
+        )
+    return bool(producer.rejected) or (error is not None and bool(pending))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -322,10 +344,14 @@ def register(sub: Any) -> None:
         help="run a command as a session, streaming its output and exit status",
         description="Run CMD as session ID: its stdout and stderr lines are published as log "
         "entries (and still printed here), its start and exit as status changes. Entries are "
-        "buffered in memory while the server is unreachable and sent in order when it "
-        "answers. Exits with the command's exit status. The token needs the produce role.",
+        "buffered in memory while the server is unreachable or refuses the token, and sent in "
+        "order when it accepts them. Exits with the command's exit status. The token needs the "
+        "produce role.",
         usage="%(prog)s --session ID [options] -- CMD [ARGS...]",
-        epilog="example: pcclog run --session build-1 -- make -j8",
+        epilog="exit status: the command's (128+N when killed by signal N, 127 when it cannot "
+        "be found, 126 when it cannot be executed); 3 when it succeeded but the server refused "
+        "its output (the token, or the session), with the reason on stderr; 2 on a usage "
+        "error.  example: pcclog run --session build-1 -- make -j8",
     )
     parser.add_argument("--session", required=True, metavar="ID", help="session id to publish to")
     parser.add_argument(
