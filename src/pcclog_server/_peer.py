@@ -11,16 +11,7 @@ import anyio.abc
 
 from pcclog_core import Connection
 
-__all__ = ["READ_TURN", "Peer", "clock", "format_peer"]
-
-# Fair reading: the most input one connection is read per turn of the loop
-# (``Server.read_ready``, the TLS driver). The core handles a read's
-# messages in one go, so this bounds what a flooding producer makes every
-# other connection wait: 8 KiB of small entries is about 2 ms of work.
-# Measured by benchmarks S7 (two producers flooding, a viewer's ping p99):
-# 256 KiB 200 ms, 32 KiB 44 ms, 16 KiB 20 ms, 8 KiB 9.5 ms, with the
-# producers' throughput no lower (the old 8 x 256 KiB per wake-up: 760 ms).
-READ_TURN = 8192
+__all__ = ["Peer", "clock", "format_peer"]
 
 
 class Peer:

@@ -70,7 +70,7 @@ from . import _reactor, _tls
 from ._config import Config
 from ._http import HTTPRoutes
 from ._log import Logger
-from ._peer import READ_TURN, Peer, clock, format_peer
+from ._peer import Peer, clock, format_peer
 
 __all__ = ["Server", "Source"]
 
@@ -470,25 +470,22 @@ class Server:
 
     def read_ready(self, peer: Peer) -> None:
         """Read a readable socket into the core and write what it produced.
-
-        Fair reading: **one** read of at most ``READ_TURN`` bytes per
-        wake-up, then the loop is given back, even when more is waiting. The
-        loop then serves every other readable socket before this one again
-        (asyncio runs each ready reader callback once per turn; the task
-        drivers wait for readability, a checkpoint, each time), so a
-        flooding producer costs another client's pong at most one turn of
-        the loop, not the whole backlog the flood has queued in the kernel.
-        """
+        A full read usually means more is waiting: read on (bounded) before
+        giving the loop back."""
         conn = peer.conn
-        try:
-            data = peer.sock.recv(min(self.hub.limits.read_size, READ_TURN))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        now, wall = clock()
-        conn.receive_data(data, now=now, wall=wall)
-        self.after_input(peer)
+        read_size = self.hub.limits.read_size
+        for _ in range(8):
+            try:
+                data = peer.sock.recv(read_size)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            now, wall = clock()
+            conn.receive_data(data, now=now, wall=wall)
+            self.after_input(peer)
+            if len(data) < read_size or conn.closed or not conn.wants_read:
+                break
         self.schedule(peer)
 
     def after_input(self, peer: Peer) -> None:

@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 from anyio.streams.tls import TLSStream
 
-from ._peer import READ_TURN, Peer, clock
+from ._peer import Peer, clock
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -49,7 +48,7 @@ async def run(server: Server, peer: Peer) -> None:
                     await server.wait_resume(peer)
                     continue
                 try:
-                    data = await stream.receive(min(server.hub.limits.read_size, READ_TURN))
+                    data = await stream.receive(server.hub.limits.read_size)
                 except (
                     anyio.EndOfStream,
                     anyio.BrokenResourceError,
@@ -62,9 +61,6 @@ async def run(server: Server, peer: Peer) -> None:
                 conn.receive_data(data, now=now, wall=wall)
                 server.after_input(peer)
                 server.schedule(peer)
-                # Fair reading: a TLS receive served from the TLS buffer
-                # does not yield; give the other connections their turn.
-                await anyio.lowlevel.checkpoint()
         peer.scope = None
         if server.stopping and not conn.closed:
             conn.abort("server shutting down")
