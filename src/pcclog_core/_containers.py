@@ -105,12 +105,13 @@ from ._docker_engine import ContainerInfo, LogStream, StreamEnd, engine_iso, eng
 from ._docker_lines import LineClassifier
 from ._docker_resume import ResumeFilter
 from ._errors import LocalProtocolError
+from ._pacing import Backoff
 from ._timefmt import format_ns
 
 __all__ = [
     "DIE_GRACE",
     "Action",
-    "Backoff",
+    "steady_backoff",
     "Container",
     "Forget",
     "Input",
@@ -271,23 +272,14 @@ for _input in Input:
 del _phase, _input
 
 
-class Backoff:
-    """Exponential delays between ``first`` and ``cap`` seconds."""
+def steady_backoff(first: float, cap: float) -> Backoff:
+    """``first``, twice that, … up to ``cap`` seconds: the pacing ``Backoff``
+    with its jitter held at one (the engine is one peer, not a fleet)."""
+    return Backoff(first, cap, rng=_no_jitter)
 
-    __slots__ = ("_cap", "_delay", "_first")
 
-    def __init__(self, first: float, cap: float) -> None:
-        self._first = first
-        self._cap = cap
-        self._delay = first
-
-    def next(self) -> float:
-        delay = self._delay
-        self._delay = min(self._cap, delay * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._delay = self._first
+def _no_jitter() -> float:
+    return 1.0
 
 
 class SessionBook(Protocol):
@@ -350,8 +342,8 @@ class Container:
     stream: LogStream | None = None
     resume: ResumeFilter = field(default_factory=ResumeFilter)
     classifier: LineClassifier | None = None
-    follow_backoff: Backoff = field(default_factory=lambda: Backoff(0.05, 2.0))
-    inspect_backoff: Backoff = field(default_factory=lambda: Backoff(0.1, 2.0))
+    follow_backoff: Backoff = field(default_factory=lambda: steady_backoff(0.05, 2.0))
+    inspect_backoff: Backoff = field(default_factory=lambda: steady_backoff(0.1, 2.0))
 
     def __post_init__(self) -> None:
         self.short_id = self.id[:12]
@@ -412,7 +404,7 @@ class Container:
 
     def _absorb(self, info: ContainerInfo, now: float, out: list[Action]) -> None:
         """Take what inspect says of the container; publish ``running`` for a new run."""
-        self.inspect_backoff.reset()
+        self.inspect_backoff.succeeded()
         self.name = info.name
         self.image = info.image
         self.tty = info.tty
@@ -487,20 +479,20 @@ class Container:
             if stream.outcome is StreamEnd.REFUSED:
                 self.no_logs = True
             if stream.delivered:
-                self.follow_backoff.reset()  # it delivered: the next break starts over
+                self.follow_backoff.succeeded()  # it delivered: the next break starts over
         self.streamed_run = self.run
         self._inspect(now, arg, out)
 
     def _backoff(self, now: float, arg: ContainerInfo, out: list[Action]) -> None:
         self._absorb(arg, now, out)
-        delay = self.follow_backoff.next()
+        delay = self.follow_backoff.failed(now)
         self.deadline = now + delay
         out.append(
             WaitUntil(container_id=self.id, deadline=self.deadline, reason="reattach", delay=delay)
         )
 
     def _retry(self, now: float, arg: Any, out: list[Action]) -> None:
-        delay = self.inspect_backoff.next()
+        delay = self.inspect_backoff.failed(now)
         self.deadline = now + delay
         out.append(
             WaitUntil(container_id=self.id, deadline=self.deadline, reason="retry", delay=delay)

@@ -48,15 +48,15 @@ import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
 
-from pcclog_core import MessageError
+from pcclog_core import Backoff, MessageError
 from pcclog_core._containers import (
     Action,
-    Backoff,
     Forget,
     Inspect,
     OpenLogs,
     PublishStatus,
     WaitUntil,
+    steady_backoff,
 )
 from pcclog_core._docker_engine import ContainerInfo, EventStream, LogStream, running_ids
 from pcclog_core._docker_sessions import Containers
@@ -196,7 +196,7 @@ class DockerSource:
     async def _engine_loop(self) -> None:
         assert self._server is not None
         log = self._server.log
-        delay = Backoff(0.2, 2.0)
+        delay = steady_backoff(0.2, 2.0)
         first = True
         outage_logged = False
         while not self._closing:
@@ -222,7 +222,7 @@ class DockerSource:
                     )
                     outage_logged = True
                 first = False
-                await anyio.sleep(delay.next())
+                await anyio.sleep(delay.failed(time.monotonic()))
                 continue
             first = False
             try:
@@ -239,7 +239,7 @@ class DockerSource:
             finally:
                 self._connected = False
             outage_logged = True
-            await anyio.sleep(delay.next())
+            await anyio.sleep(delay.failed(time.monotonic()))
 
     async def _open_events(self) -> tuple[EventStream, anyio.abc.ByteStream, list[Any]]:
         """Connect and request ``/events``; return once the engine answered 200
@@ -270,7 +270,7 @@ class DockerSource:
         assert self._server is not None and self._core is not None
         running = await self._control_call(self._list_running)
         self._connected = True
-        delay.reset()
+        delay.succeeded()
         self._server.log.info(
             "following Docker containers",
             label=self.label,
