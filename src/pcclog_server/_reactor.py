@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pcclog_core import Connection
@@ -39,36 +40,43 @@ def open_peer(server: Server, sock: socket.socket, peer_name: str) -> None:
 
 
 def on_readable(server: Server, peer: Peer) -> None:
-    conn = peer.conn
-    try:
-        if conn.wants_read:
-            server.read_ready(peer)
-        if not conn.closed and not conn.wants_read:
-            # The kernel, then the peer, buffer until it is resumed.
-            server.pause(peer)
-    except Exception as exc:  # a bug must cost one connection, not the server
-        server.log.error("connection failed", id=peer.id, error=repr(exc))
-        conn.abort("internal error")
-        peer.pending = None
-    if conn.closed:
-        server.wake_reader(peer)
+    _guarded(server, peer, _read)
 
 
 def on_resumed(server: Server, peer: Peer) -> None:
     """asyncio driver: a paused connection may be read again."""
+    if peer.id in server.peers and peer.closer is None and not peer.conn.closed:
+        _guarded(server, peer, _resume)
+
+
+def _read(server: Server, peer: Peer) -> None:
     conn = peer.conn
-    if peer.id not in server.peers or peer.closer is not None or conn.closed:
-        return
+    if conn.wants_read:
+        server.read_ready(peer)
+    if not conn.closed and not conn.wants_read:
+        # The kernel, then the peer, buffer until it is resumed.
+        server.pause(peer)
+
+
+def _resume(server: Server, peer: Peer) -> None:
     assert server._loop is not None
+    conn = peer.conn
+    server.resumed(peer)
+    if conn.closed:
+        return
+    if conn.wants_read:
+        server._loop.add_reader(peer.sock, on_readable, server, peer)
+    else:
+        server.pause(peer)
+
+
+def _guarded(server: Server, peer: Peer, step: Callable[[Server, Peer], None]) -> None:
+    """Run a callback's ``step``; a bug in it costs this connection, not the
+    server. A connection that is now closed is released."""
+    conn = peer.conn
     try:
-        server.resumed(peer)
-        if conn.closed:
-            pass
-        elif conn.wants_read:
-            server._loop.add_reader(peer.sock, on_readable, server, peer)
-        else:
-            server.pause(peer)
-    except Exception as exc:  # a bug must cost one connection, not the server
+        step(server, peer)
+    except Exception as exc:
         server.log.error("connection failed", id=peer.id, error=repr(exc))
         conn.abort("internal error")
         peer.pending = None
