@@ -35,7 +35,6 @@ than half a core in the steady window. Exit status 0 on pass, 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import multiprocessing as mp
 import os
@@ -58,7 +57,7 @@ import psutil
 
 # Run as a script (``python benchmarks/docker_bench.py``) or as a module.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.targets import metric
+from benchmarks.targets import metric, raw_websocket
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get("PCCLOG_TEST_IMAGE", "pcclog-test/busybox:latest")
@@ -74,24 +73,7 @@ GAP = b'"type":"gap"'
 
 
 def _connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed during the handshake")
-        head += chunk
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+    sock = raw_websocket(port, rcvbuf=1 << 20)
     payload = json.dumps({"type": "subscribe", "sessionId": "*", "auth": {"token": TOKEN}}).encode()
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

@@ -24,9 +24,7 @@ included; ``queued_peak_mb`` is the core's exact count at the same moments.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import os
 import socket
 import statistics
 import threading
@@ -34,7 +32,7 @@ import time
 from typing import Any
 
 from .loadgen import client_frame
-from .targets import TOKEN, all_targets, metric, running
+from .targets import TOKEN, all_targets, metric, raw_websocket, running
 
 MiB = 1024 * 1024
 CONNECTION_BUFFER = 1 * MiB
@@ -44,27 +42,7 @@ PER_CONNECTION = CONNECTION_BUFFER + MAX_MESSAGE_SIZE + 320 * 1024
 
 
 def _connect(port: int, *, rcvbuf: int | None = None) -> socket.socket:
-    sock = socket.socket()
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /?token={TOKEN} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        if not chunk:
-            raise ConnectionError("closed during the handshake")
-        head += chunk
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise ConnectionError(head.decode(errors="replace"))
-    return sock
+    return raw_websocket(port, path=f"/?token={TOKEN}", rcvbuf=rcvbuf)
 
 
 def _send(sock: socket.socket, message: dict[str, Any] | str) -> bool:

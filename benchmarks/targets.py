@@ -12,6 +12,7 @@ pinned to core 0 (the load generator runs on core 1) and inherits the harness's 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -118,6 +119,36 @@ def _pcclog_serve(port: int) -> list[str]:
         "--docker-enabled",
         "false",
     ]
+
+
+def raw_websocket(
+    port: int, *, path: str = "/", rcvbuf: int | None = None, timeout: float = 10.0
+) -> socket.socket:
+    """A blocking socket past a WebSocket handshake with the server on
+    ``port`` (``rcvbuf`` fixed before connect, so the kernel does not grow it)."""
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)  # byte by byte: nothing past the head is taken
+        if not chunk:
+            raise ConnectionError("closed during the handshake")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+    sock.settimeout(None)
+    return sock
 
 
 def metric(port: int, name: str) -> float:
